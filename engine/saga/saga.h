@@ -1,0 +1,307 @@
+/*
+ * saga.h — the saga state machine: state, events, and the pure decider.
+ *
+ * A saga's state is the fold of its events: saga_evolve(state, event) applies
+ * one event. The decider functions (saga_decide_*) look at a definition, the
+ * current state, one input (start, a task result, a cancel request, a replay
+ * request) and the clock passed in, and return the events to append and the
+ * tasks to enqueue. They do no I/O, read no clock and no global state: the
+ * same inputs always give the same decision (jitter comes from the caller's
+ * rng state), so every transition is tested without PostgreSQL.
+ *
+ * Event sequence numbers: a decision's events are numbered st->last_seq + 1,
+ * + 2, ... in order. saga_apply() evolves a state through a decision.
+ *
+ * Thread: any; nothing here is shared.
+ */
+#ifndef SKALD_SAGA_SAGA_H
+#define SKALD_SAGA_SAGA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spec/def.h"
+
+/* ---- statuses ---------------------------------------------------------- */
+
+#define SAGA_STATUS_MAP(X)                                                     \
+  X(RUNNING, "running")                                                        \
+  X(COMPENSATING, "compensating")                                              \
+  X(COMPLETED, "completed")                                                    \
+  X(COMPENSATED, "compensated")                                                \
+  X(FAILED, "failed")                                                          \
+  X(PAUSED, "paused")                                                          \
+  X(CANCELLED, "cancelled")
+
+/* Same order as sk_status in skald.h. */
+typedef enum saga_status {
+#define SAGA_STATUS_ENUM(name, str) SAGA_STATUS_##name,
+  SAGA_STATUS_MAP(SAGA_STATUS_ENUM)
+#undef SAGA_STATUS_ENUM
+} saga_status;
+
+#define STEP_STATUS_MAP(X)                                                     \
+  X(PENDING, "pending")           /* not reached yet */                        \
+  X(SCHEDULED, "scheduled")       /* a forward attempt is queued/running */    \
+  X(COMPLETED, "completed")       /* forward succeeded (or by fallback) */     \
+  X(FAILED, "failed")             /* forward failed for good */                \
+  X(COMPENSATING, "compensating") /* a compensation attempt queued/running */  \
+  X(COMPENSATED, "compensated")   /* compensation succeeded */                 \
+  X(COMPENSATION_FAILED, "compensation_failed") /* exhausted: needs operator */ \
+  X(SKIPPED, "skipped")           /* never ran (saga ended before it) */
+
+typedef enum step_status {
+#define STEP_STATUS_ENUM(name, str) STEP_STATUS_##name,
+  STEP_STATUS_MAP(STEP_STATUS_ENUM)
+#undef STEP_STATUS_ENUM
+} step_status;
+
+/* ---- events ------------------------------------------------------------ */
+
+/* Payloads (JSON objects) per type:
+ *  SagaStarted            {"workflow","version","input","steps":[names],
+ *                          "deadline_ms"(0=none),"idempotency_key"(or null),
+ *                          "replay_of"(or null)}
+ *  StepScheduled          step, attempt; {"available_at_ms"}
+ *  StepCompleted          step, attempt; {"output","by_fallback":bool}
+ *  StepFailed             step, attempt; {"error":{type,message,retryable},
+ *                          "final":bool}  final = the step failed for good
+ *  RetryScheduled         step, attempt (the next one);
+ *                          {"kind":"fwd"|"comp","available_at_ms","delay_ms"}
+ *  CompensationStarted    step -1; {"reason": error object} the saga turns
+ *                          to undoing its completed steps
+ *  CompensationScheduled  step, attempt; {"available_at_ms"}
+ *  CompensationCompleted  step, attempt; {"output"}
+ *  CompensationFailed     step, attempt; {"error":{...},"final":bool}
+ *  SagaCompleted          {"output": object of step outputs by name}
+ *  SagaCompensated        {}
+ *  SagaFailed             {"error":{...}} a compensation failed for good
+ *  SagaPaused             {"error":{...}} on_failure = pause
+ *  SagaCancelled          {}  cancelled and fully compensated
+ *  CancelRequested        {"reason"}
+ *  Replayed               {"mode":"resume_compensation"|"resume"|
+ *                          "new_run", "from_step", "new_saga_id"(new_run)}
+ *  ReplayLinked           {"replayed_by": id} on the old saga of a new run
+ */
+#define SAGA_EVENT_MAP(X)                                                      \
+  X(SAGA_STARTED, "SagaStarted")                                               \
+  X(STEP_SCHEDULED, "StepScheduled")                                           \
+  X(STEP_COMPLETED, "StepCompleted")                                           \
+  X(STEP_FAILED, "StepFailed")                                                 \
+  X(RETRY_SCHEDULED, "RetryScheduled")                                         \
+  X(COMPENSATION_STARTED, "CompensationStarted")                               \
+  X(COMPENSATION_SCHEDULED, "CompensationScheduled")                           \
+  X(COMPENSATION_COMPLETED, "CompensationCompleted")                           \
+  X(COMPENSATION_FAILED, "CompensationFailed")                                 \
+  X(SAGA_COMPLETED, "SagaCompleted")                                           \
+  X(SAGA_COMPENSATED, "SagaCompensated")                                       \
+  X(SAGA_FAILED, "SagaFailed")                                                 \
+  X(SAGA_PAUSED, "SagaPaused")                                                 \
+  X(SAGA_CANCELLED, "SagaCancelled")                                           \
+  X(CANCEL_REQUESTED, "CancelRequested")                                       \
+  X(REPLAYED, "Replayed")                                                      \
+  X(REPLAY_LINKED, "ReplayLinked")
+
+typedef enum saga_event_type {
+#define SAGA_EVENT_ENUM(name, str) SAGA_EV_##name,
+  SAGA_EVENT_MAP(SAGA_EVENT_ENUM)
+#undef SAGA_EVENT_ENUM
+  SAGA_EV__COUNT
+} saga_event_type;
+
+const char *saga_status_name(saga_status s);
+int saga_status_parse(const char *s, saga_status *out);   /* 0 / SK_EINVAL */
+const char *step_status_name(step_status s);
+int step_status_parse(const char *s, step_status *out);
+const char *saga_event_name(saga_event_type t);
+int saga_event_parse(const char *s, saga_event_type *out);
+bool saga_status_settled(saga_status s); /* not running/compensating */
+
+typedef struct saga_event {
+  int64_t seq;
+  saga_event_type type;
+  int step;          /* top-level step index, -1 if none */
+  int attempt;       /* 0 if none */
+  char *node;        /* node that produced it, or NULL */
+  char *payload;     /* JSON object text, never NULL once built */
+  int64_t ts_ms;     /* engine clock, ms since epoch */
+} saga_event;
+
+void saga_event_clear(saga_event *ev);
+
+/* ---- state -------------------------------------------------------------- */
+
+typedef struct saga_step_state {
+  char *name;
+  step_status status;
+  int attempts;          /* forward attempts scheduled so far */
+  int comp_attempts;     /* compensation attempts scheduled so far */
+  char *output;          /* JSON text of the forward output, or NULL */
+  char *error;           /* JSON of the last forward error, or NULL */
+  char *comp_error;      /* JSON of the last compensation error, or NULL */
+  bool by_fallback;      /* completed by its fallback */
+  int64_t scheduled_ms;  /* first scheduling of the current phase */
+  int64_t finished_ms;   /* forward completion/failure */
+  int64_t available_at_ms; /* when the queued attempt may run */
+} saga_step_state;
+
+typedef enum saga_phase {
+  SAGA_PHASE_FORWARD = 0,
+  SAGA_PHASE_COMPENSATING = 1,
+  SAGA_PHASE_DONE = 2
+} saga_phase;
+
+typedef struct saga_state {
+  char id[37];
+  char *workflow;
+  int version;
+  char *idempotency_key;   /* or NULL */
+  saga_status status;
+  saga_phase phase;
+  int cursor;              /* forward: current step; compensating: the step
+                              being compensated; done: -1 */
+  saga_step_state *steps;
+  size_t n_steps;
+  char *input;             /* JSON text */
+  char *error;             /* JSON of the error that ended forward progress */
+  char *output;            /* JSON object of step outputs when completed */
+  int64_t created_ms;
+  int64_t updated_ms;
+  int64_t deadline_ms;     /* 0 = none */
+  int64_t last_seq;
+  bool cancel_requested;
+  char *replay_of;         /* saga id or NULL */
+  char *replayed_by;       /* saga id or NULL */
+} saga_state;
+
+/* A zeroed state (last_seq 0) ready to evolve a SagaStarted event into. */
+void saga_state_init(saga_state *st);
+void saga_state_clear(saga_state *st);
+/* Applies one event. The event's seq must be st->last_seq + 1, else
+ * SK_ECONFLICT; an event impossible in the current state gives SK_ESTATE;
+ * a malformed payload SK_EJSON. On error st is unchanged. */
+int saga_evolve(saga_state *st, const saga_event *ev);
+/* Folds events[0..n) into a fresh state (the rebuild used by verify). */
+int saga_fold(const saga_event *events, size_t n, saga_state *out);
+
+/* The projection as canonical JSON (stable key order and formatting), the
+ * form stored in sagas.state; equal states give byte-equal text. */
+int saga_state_to_json(const saga_state *st, char **out);
+int saga_state_from_json(const char *json, saga_state *out);
+
+/* ---- decisions ----------------------------------------------------------- */
+
+typedef enum task_kind {
+  TASK_KIND_FWD = 0,
+  TASK_KIND_COMP = 1
+} task_kind;
+
+const char *task_kind_name(task_kind k); /* "fwd" / "comp" */
+
+/* A task to put in the ready queue (one row of `tasks`). */
+typedef struct saga_task {
+  int step;
+  task_kind kind;
+  int attempt;
+  def_kind action;         /* TASK, SLEEP or HTTP */
+  char *task_type;         /* handler type for TASK, "" otherwise */
+  char *input;             /* rendered JSON input */
+  char *bulkhead;
+  int64_t available_at_ms;
+  int64_t timeout_ms;      /* per-attempt, already capped by the saga deadline */
+  int gpus;
+  int64_t gpu_memory_mb;
+} saga_task;
+
+void saga_task_clear(saga_task *t);
+
+typedef struct saga_decision {
+  saga_event *events;
+  size_t n_events;
+  saga_task *tasks;        /* to insert */
+  size_t n_tasks;
+  /* The queued forward task of this step (kind fwd) must be told to stop:
+   * set tasks.cancel_requested and, if it is not leased, make it due now.
+   * -1 if none. */
+  int cancel_step;
+} saga_decision;
+
+void saga_decision_init(saga_decision *d);
+void saga_decision_clear(saga_decision *d);
+
+/* The outcome of one attempt of a task, as reported by a worker. */
+typedef struct saga_result {
+  int step;
+  task_kind kind;
+  int attempt;
+  bool ok;
+  const char *output;      /* JSON text or NULL (null) when ok */
+  const char *err_type;    /* when !ok; "Timeout", "Cancelled", ... */
+  const char *err_message;
+  bool err_retryable;
+  const char *node;        /* for the event */
+} saga_result;
+
+/* Deterministic PRNG state for jitter (xorshift64*). Seed non-zero. */
+typedef struct saga_rng {
+  uint64_t s;
+} saga_rng;
+uint64_t saga_rng_next(saga_rng *r);
+/* Uniform in [0, 1). */
+double saga_rng_unit(saga_rng *r);
+
+/* The backoff before attempt `next_attempt` (≥ 2): initial × coeff^(n-2),
+ * capped at max_interval, then randomised by ±jitter/2 of itself (so the
+ * cap holds on average and never goes negative). */
+int64_t saga_backoff_ms(const def_retry *p, int next_attempt, saga_rng *rng);
+
+/* Start: SagaStarted + StepScheduled for step 0 (or SagaCompleted for a
+ * workflow of no steps, which the validator forbids). input is a JSON
+ * object text. new_id is the saga id to use. */
+int saga_decide_start(const def_workflow *wf, const char *new_id,
+                      const char *input, const char *idempotency_key,
+                      const char *replay_of, int64_t now_ms, saga_rng *rng,
+                      saga_decision *out);
+
+/* A task result. A result that does not match what the state expects
+ * (wrong step, kind or attempt, or saga already settled) yields an empty
+ * decision and SK_ESTATE: the caller drops it (it is stale). */
+int saga_decide_result(const def_workflow *wf, const saga_state *st,
+                       const saga_result *r, const char *node, int64_t now_ms,
+                       saga_rng *rng, saga_decision *out);
+
+/* Cancel request. SK_ESTATE if the saga is settled. Running: a forward step
+ * in flight is told to stop (cancel_step) and the saga compensates once its
+ * result arrives; a paused saga compensates at once. */
+int saga_decide_cancel(const def_workflow *wf, const saga_state *st,
+                       const char *reason, const char *node, int64_t now_ms,
+                       saga_rng *rng, saga_decision *out);
+
+typedef struct saga_replay {
+  const char *from_step;   /* paused: resume at this step (NULL = failed one) */
+  const char *step_input;  /* paused: input override for that step's task */
+} saga_replay;
+
+/* Replay in place: `failed` → reschedule the stuck compensation (attempts
+ * counted afresh); `paused` → resume forward at the failed step or at
+ * from_step (an earlier step; steps from there on are re-run). Other
+ * statuses → SK_ESTATE (compensated/cancelled sagas are replayed as a new
+ * run by the caller, linked with saga_decide_link). */
+int saga_decide_replay(const def_workflow *wf, const saga_state *st,
+                       const saga_replay *req, const char *node,
+                       int64_t now_ms, saga_rng *rng, saga_decision *out);
+
+/* A ReplayLinked event on an old saga replayed as new run `new_id`. */
+int saga_decide_link(const saga_state *st, const char *new_id,
+                     const char *node, int64_t now_ms, saga_decision *out);
+
+/* Applies every event of d to st (numbering must already match). */
+int saga_apply(saga_state *st, const saga_decision *d);
+
+/* The idempotency key of a step's task: "<saga_id>:<step name>:fwd|comp".
+ * buf must hold SK_ID_LEN + SK_NAME_MAX + 8 bytes. */
+void saga_idempotency_key(const char *saga_id, const char *step_name,
+                          task_kind kind, char *buf, size_t len);
+
+#endif /* SKALD_SAGA_SAGA_H */
