@@ -66,6 +66,8 @@ CREATE TABLE tasks (
     step             int         NOT NULL,
     kind             smallint    NOT NULL,          -- 0 fwd, 1 comp
     attempt          int         NOT NULL,
+    workflow         text        NOT NULL,
+    step_name        text        NOT NULL,
     action           text        NOT NULL,          -- task | sleep | http
     task_type        text        NOT NULL,
     bulkhead         text        NOT NULL,

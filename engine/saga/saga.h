@@ -60,9 +60,10 @@ typedef enum step_status {
 /* ---- events ------------------------------------------------------------ */
 
 /* Payloads (JSON objects) per type:
- *  SagaStarted            {"workflow","version","input","steps":[names],
- *                          "deadline_ms"(0=none),"idempotency_key"(or null),
- *                          "replay_of"(or null)}
+ *  SagaStarted            {"id","workflow","version","input",
+ *                          "steps":[names],"deadline_ms"(0=none),
+ *                          "idempotency_key"(or null),"replay_of"(or null)}
+ *                          ("id" sets st->id; without it st->id is kept)
  *  StepScheduled          step, attempt; {"available_at_ms"}
  *  StepCompleted          step, attempt; {"output","by_fallback":bool}
  *  StepFailed             step, attempt; {"error":{type,message,retryable},
@@ -82,6 +83,8 @@ typedef enum step_status {
  *  CancelRequested        {"reason"}
  *  Replayed               {"mode":"resume_compensation"|"resume"|
  *                          "new_run", "from_step", "new_saga_id"(new_run)}
+ *                          resume also carries "step_input" (JSON or null):
+ *                          the input override of from_step's task
  *  ReplayLinked           {"replayed_by": id} on the old saga of a new run
  */
 #define SAGA_EVENT_MAP(X)                                                      \
@@ -144,6 +147,8 @@ typedef struct saga_step_state {
   int64_t scheduled_ms;  /* first scheduling of the current phase */
   int64_t finished_ms;   /* forward completion/failure */
   int64_t available_at_ms; /* when the queued attempt may run */
+  char *input_override;  /* JSON input set by a resume replay (step_input)
+                            for this step's forward attempts, or NULL */
 } saga_step_state;
 
 typedef enum saga_phase {

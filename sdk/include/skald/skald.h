@@ -143,6 +143,11 @@ typedef struct sk_engine_options {
   int default_concurrency;
   /* Log level: 0 error, 1 warning, 2 info, 3 debug. Default 2. */
   int log_level;
+  /* By default, registering a workflow whose task types (steps and
+   * compensations) have no handler on this engine fails with
+   * SK_ENOHANDLER, which catches typos. Set this when other nodes run
+   * those types. */
+  bool allow_unknown_task_types;
 } sk_engine_options;
 
 /* Fills o with the defaults above (all pointers NULL). */
@@ -201,7 +206,9 @@ typedef struct sk_task_result sk_task_result;
 SK_EXPORT bool sk_task_cancelled(const sk_task *t);
 
 /* Success with an output (JSON text; NULL means null). Copies the output.
- * Errors: SK_EJSON (not valid JSON), SK_ETOOBIG, SK_ENOMEM. */
+ * Errors: SK_EJSON (not valid JSON), SK_ETOOBIG (over SK_PAYLOAD_MAX),
+ * SK_ENOMEM. On SK_EJSON / SK_ETOOBIG the result becomes a non-retryable
+ * "InvalidOutput" failure, so bad output is never recorded as success. */
 SK_EXPORT int sk_result_ok(sk_task_result *r, const char *output_json);
 /* Failure. type names the error ("InsufficientFunds"); a type listed in the
  * step's non_retryable_errors is never retried, and retryable=false fails the
@@ -230,14 +237,15 @@ typedef enum sk_on_failure {
   SK_ON_FAILURE_PAUSE = 1
 } sk_on_failure;
 
-/* A retry policy. Zero fields mean "not set" (inherit the defaults). */
+/* A retry policy. Start from sk_retry_init(), which marks every field
+ * "not set" (inherited from the workflow defaults, then the built-ins). */
 typedef struct sk_retry {
-  int max_attempts;             /* ≥ 1; 1 = no retry */
-  int64_t initial_interval_ms;  /* first backoff */
-  double backoff_coefficient;   /* ≥ 1 */
-  int64_t max_interval_ms;      /* cap */
-  double jitter;                /* 0..1; negative = not set */
-  const char *const *non_retryable_errors; /* array of n strings */
+  int max_attempts;             /* ≥ 1; 1 = no retry; 0 = not set */
+  int64_t initial_interval_ms;  /* first backoff ≥ 0; -1 = not set */
+  double backoff_coefficient;   /* ≥ 1; 0 = not set */
+  int64_t max_interval_ms;      /* cap ≥ 0; -1 = not set */
+  double jitter;                /* 0..1; -1 = not set */
+  const char *const *non_retryable_errors; /* n strings; NULL = not set */
   size_t n_non_retryable;
 } sk_retry;
 
@@ -293,8 +301,10 @@ SK_EXPORT int sk_workflow_step_compensate_on_failure(sk_workflow *wf,
 /* Validates the definition and registers it with the engine (and the
  * database, where (name, version) is immutable). Registering the same
  * definition again is fine; a different one for an existing (name, version)
- * fails with SK_ECONFLICT. Invalid: SK_EINVALSPEC with err->path. The
- * engine keeps its own copy; wf stays the caller's. */
+ * fails with SK_ECONFLICT. Invalid: SK_EINVALSPEC with err->path. A task
+ * type with no handler here: SK_ENOHANDLER (see allow_unknown_task_types).
+ * Steps of kinds this engine cannot run yet (parallel, http, fallback):
+ * SK_ENOTSUP. The engine keeps its own copy; wf stays the caller's. */
 SK_EXPORT int sk_engine_register_workflow(sk_engine *e, const sk_workflow *wf,
                                           sk_error *err);
 

@@ -1,0 +1,202 @@
+/*
+ * engine.h — the engine's internals, shared by core/, exec/job.c and sdk/.
+ *
+ * Threads and ownership:
+ *   - The loop thread (sk_engine_run or the thread of sk_engine_start) owns
+ *     everything marked [loop]: in-flight jobs, pending result ops, timers,
+ *     breakers, the commit and dequeue work in flight.
+ *   - Worker threads (one pool per bulkhead) run handlers and hand finished
+ *     jobs back through `done` under `mu`, then wake the loop (uv_async).
+ *   - API threads (sk_run_start, sk_saga_cancel...) hand operations to the
+ *     loop through `api_ops` under `mu` and wait on their own condition; when
+ *     the loop is not running they commit on `query_conn` themselves.
+ *   - Database work runs on libuv's threadpool with a connection per kind of
+ *     work (commit, dequeue, aux), so no connection is ever shared.
+ */
+#ifndef SKALD_CORE_ENGINE_H
+#define SKALD_CORE_ENGINE_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include <skald/skald.h>
+
+#include "exec/pool.h"
+#include "saga/saga.h"
+#include "sched/breaker.h"
+#include "spec/def.h"
+#include "store/pgembed.h"
+#include "store/sagastore.h"
+
+#define ENGINE_STATE_MAP(X)                                                    \
+  X(IDLE, "idle")             /* open, loop not running */                     \
+  X(RUNNING, "running")                                                        \
+  X(STOPPING, "stopping")                                                      \
+  X(STOPPED, "stopped")
+
+typedef enum engine_state {
+#define ENGINE_STATE_ENUM(name, str) ENGINE_STATE_##name,
+  ENGINE_STATE_MAP(ENGINE_STATE_ENUM)
+#undef ENGINE_STATE_ENUM
+} engine_state;
+
+typedef struct handler {
+  char *task_type;
+  sk_task_fn fn;
+  void *udata;
+  breaker br;       /* [loop] */
+} handler;
+
+typedef struct bulkhead {
+  char *name;
+  int concurrency;
+  pool *pool;
+  int reserved;     /* [loop] slots promised to a commit's claims */
+} bulkhead;
+
+/* What a handler reports (sk_task_result in skald.h). */
+struct sk_task_result {
+  bool set;
+  bool ok;
+  char *output;     /* normalised JSON text or NULL */
+  char *err_type;
+  char *err_message;
+  bool retryable;
+};
+
+typedef enum job_state {
+  JOB_QUEUED = 0,
+  JOB_RUNNING,
+  JOB_DONE,
+  JOB_ABANDONED     /* timed out or lease lost: its result is dropped */
+} job_state;
+
+/* One attempt of a task on this node. Owned by the loop; a worker touches
+ * it only between pool start and pushing it to `done`. */
+typedef struct exec_job {
+  pool_link link;                 /* first: intrusive pool link */
+  struct sk_engine *e;
+  leased_task task;
+  handler *h;
+  bulkhead *bh;
+  char idem_key[SK_ID_LEN + SK_NAME_MAX + 8];
+  atomic_bool cancel;             /* sk_task_cancelled() */
+  atomic_int state;               /* job_state */
+  atomic_llong started_mono_ms;   /* 0 until a worker starts it */
+  int64_t deadline_wall_ms;       /* set when started */
+  struct sk_task_result result;
+  struct exec_job *next_inflight; /* [loop] */
+  struct exec_job *prev_inflight; /* [loop] */
+  struct exec_job *next_done;     /* under e->mu */
+} exec_job;
+
+/* An operation handed to the loop by an API thread. */
+typedef struct api_op {
+  store_op op;
+  bool done;
+  int rc;
+  sk_error err;
+  pthread_cond_t cv;
+  struct api_op *next;
+} api_op;
+
+struct sk_engine {
+  sk_engine_options o;
+  char *database_url;
+  char *data_dir;
+  char node[SK_NAME_MAX + 1];
+  pgembed *pg;
+  char *conninfo;
+
+  handler *handlers;
+  size_t n_handlers;
+  bulkhead *bulkheads;
+  size_t n_bulkheads;
+
+  pthread_mutex_t wf_mu;          /* guards wfs */
+  def_workflow **wfs;
+  size_t n_wfs, cap_wfs;
+
+  pthread_mutex_t q_mu;           /* guards query_conn */
+  PGconn *query_conn;
+
+  pthread_mutex_t mu;             /* guards done, api_ops, state, gen */
+  pthread_cond_t gen_cv;          /* signalled after every commit */
+  uint64_t gen;
+  exec_job *done;
+  api_op *api_head, *api_tail;
+  _Atomic engine_state state;
+  bool loop_running;
+  pthread_t thread;
+  bool thread_started;
+
+  /* [loop] */
+  uv_loop_t loop;
+  uv_async_t wake;
+  uv_timer_t poll_timer;
+  uv_timer_t due_timer;
+  uv_timer_t renew_timer;
+  uv_timer_t watchdog_timer;
+  uv_timer_t retry_timer;
+  uv_poll_t listen_poll;
+  bool listen_active;
+  PGconn *commit_conn, *dequeue_conn, *aux_conn, *listen_conn;
+  bool commit_busy, dequeue_busy, aux_busy;
+  bool dequeue_wanted;
+  bool commit_backoff;
+  int64_t retry_delay_ms;
+  int64_t due_at_ms;
+  exec_job *inflight;
+  size_t n_inflight;
+  store_op *results;              /* results waiting for a commit */
+  size_t n_results, cap_results;
+  saga_rng rng;
+  int handles_open;
+
+  /* statistics */
+  atomic_ullong n_commits, n_ops_committed, n_fenced, n_dequeues;
+};
+
+/* ---- registry (engine.c) ---- */
+handler *engine_find_handler(struct sk_engine *e, const char *task_type);
+bulkhead *engine_find_bulkhead(struct sk_engine *e, const char *name);
+/* A registered (or stored) definition, with a reference for the caller.
+ * version 0 = latest. Loads from the database through conn when not known
+ * (conn may be NULL: then query_conn is used). SK_ENOENT if none. */
+int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
+                        int version, def_workflow **out, sk_error *err);
+
+/* Validates a definition, refuses features this engine cannot run
+ * (SK_ENOTSUP), stores it (immutable per name and version: SK_ECONFLICT)
+ * and adds a copy to the registry. */
+int engine_register_def(struct sk_engine *e, const def_workflow *src,
+                        sk_error *err);
+
+/* ---- loop (loop.c) ---- */
+int loop_init(struct sk_engine *e);
+/* Runs the loop until stopped; closes its handles before returning. */
+int loop_run(struct sk_engine *e);
+/* Wakes the loop (any thread). */
+void loop_wake(struct sk_engine *e);
+/* Hands an op to the loop (or commits it directly when the loop is not
+ * running) and waits for it. The op's out fields are filled. */
+int loop_submit_op(struct sk_engine *e, store_op *op, sk_error *err);
+
+/* ---- jobs (exec/job.c) ---- */
+exec_job *job_new(struct sk_engine *e, leased_task *t, handler *h,
+                  bulkhead *bh);
+void job_free(exec_job *j);
+/* Runs the handler (pool_run_fn). */
+void job_run(pool_link *link, void *ud);
+/* Turns a finished job into a RESULT op (moves strings out of the job). */
+void job_to_op(exec_job *j, store_op *op);
+/* Builds a synthetic failure op for a lease (timeout, cancel, no handler). */
+void job_failure_op(const leased_task *t, const char *type,
+                    const char *message, bool retryable, store_op *op);
+/* A successful op with null output (sleep tasks). */
+void job_success_op(const leased_task *t, store_op *op);
+
+#endif /* SKALD_CORE_ENGINE_H */

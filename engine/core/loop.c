@@ -1,0 +1,944 @@
+/*
+ * loop.c — the engine's event loop: dequeue, dispatch to bulkheads, results
+ * back, group commit, lease renewal, timeouts, LISTEN/NOTIFY, stop.
+ *
+ * Invariants:
+ *   - At most one commit, one dequeue and one aux (renew/heartbeat/release)
+ *     job run at a time, each on its own connection, on libuv's threadpool.
+ *   - Results accumulate while a commit is in flight; the next commit takes
+ *     them all (up to max_batch). That is the group commit: under load many
+ *     sagas' transitions share one transaction, idle it costs no waiting.
+ *   - A dequeue asks only for as many tasks as bulkheads have free slots
+ *     (minus slots promised to an in-flight commit's claims): backpressure
+ *     lives in the dequeue, the backlog stays in PostgreSQL.
+ *   - A job that timed out or lost its lease is abandoned: a failure (or
+ *     nothing, for a lost lease) is committed at once and the late result
+ *     is dropped when the handler finally returns.
+ *
+ * Thread: the loop thread, except loop_wake and loop_submit_op (any) and
+ * the *_work functions (threadpool).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "core/engine.h"
+#include "store/db.h"
+#include "store/queries.h"
+#include "store/taskqueue.h"
+
+#define WATCHDOG_MS 50
+#define SLEEP_LANE_LIMIT 256
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 5000
+
+static void maybe_commit(struct sk_engine *e);
+static void maybe_dequeue(struct sk_engine *e);
+static void maybe_finish(struct sk_engine *e);
+static void due_cb(uv_timer_t *t);
+static void retry_cb(uv_timer_t *t);
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void ensure_conn(PGconn *c) {
+  if (PQstatus(c) != CONNECTION_OK)
+    PQreset(c);
+}
+
+static int push_result(struct sk_engine *e, store_op *op) {
+  if (e->n_results == e->cap_results) {
+    size_t cap = e->cap_results ? e->cap_results * 2 : 256;
+    store_op *p = realloc(e->results, cap * sizeof(store_op));
+    if (p == NULL) {
+      /* The lease expires and another attempt runs: nothing is lost. */
+      log_write(LOG_ERROR, "out of memory queueing a result", "saga_id",
+                op->lease.saga_id, NULL);
+      store_op_clear(op);
+      return SK_ENOMEM;
+    }
+    e->results = p;
+    e->cap_results = cap;
+  }
+  e->results[e->n_results++] = *op;
+  memset(op, 0, sizeof(*op));
+  return SK_OK;
+}
+
+static void inflight_add(struct sk_engine *e, exec_job *j) {
+  j->prev_inflight = NULL;
+  j->next_inflight = e->inflight;
+  if (e->inflight != NULL)
+    e->inflight->prev_inflight = j;
+  e->inflight = j;
+  e->n_inflight++;
+}
+
+static void inflight_remove(struct sk_engine *e, exec_job *j) {
+  if (j->prev_inflight != NULL)
+    j->prev_inflight->next_inflight = j->next_inflight;
+  else
+    e->inflight = j->next_inflight;
+  if (j->next_inflight != NULL)
+    j->next_inflight->prev_inflight = j->prev_inflight;
+  j->next_inflight = j->prev_inflight = NULL;
+  e->n_inflight--;
+}
+
+static bool counted_failure(const store_op *op) {
+  return !op->ok && (op->err_retryable ||
+                     (op->err_type && strcmp(op->err_type, "Timeout") == 0));
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+/* Hands one leased task to its bulkhead, or settles it in the loop. */
+static void dispatch(struct sk_engine *e, leased_task *t) {
+  store_op op;
+  if (t->cancel_requested) {
+    job_failure_op(t, "Cancelled", "the saga was cancelled", false, &op);
+    push_result(e, &op);
+  } else if (t->action == DEF_KIND_SLEEP) {
+    job_success_op(t, &op);
+    push_result(e, &op);
+  } else if (t->action != DEF_KIND_TASK) {
+    job_failure_op(t, "UnsupportedStepKind",
+                   "this engine cannot run this kind of step", false, &op);
+    push_result(e, &op);
+  } else {
+    handler *h = engine_find_handler(e, t->task_type);
+    bulkhead *bh = engine_find_bulkhead(e, t->bulkhead);
+    exec_job *j = (h && bh) ? job_new(e, t, h, bh) : NULL;
+    if (j == NULL) {
+      job_failure_op(t, "NoHandler", "no handler or bulkhead on this node",
+                     true, &op);
+      push_result(e, &op);
+    } else {
+      inflight_add(e, j);
+      breaker_on_dispatch(&h->br);
+      if (pool_submit(bh->pool, &j->link) != SK_OK) {
+        inflight_remove(e, j);
+        job_failure_op(&j->task, "ShuttingDown", "the node is stopping",
+                       true, &op);
+        push_result(e, &op);
+        job_free(j);
+      }
+    }
+  }
+  leased_task_clear(t);
+}
+
+/* ---- finished jobs ------------------------------------------------------- */
+
+static void collect_done(struct sk_engine *e) {
+  pthread_mutex_lock(&e->mu);
+  exec_job *list = e->done;
+  e->done = NULL;
+  pthread_mutex_unlock(&e->mu);
+  int64_t now = clock_now_ms();
+  while (list != NULL) {
+    exec_job *j = list;
+    list = j->next_done;
+    inflight_remove(e, j);
+    if (atomic_load(&j->state) != JOB_ABANDONED) {
+      store_op op;
+      job_to_op(j, &op);
+      breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
+      push_result(e, &op);
+    }
+    job_free(j);
+  }
+}
+
+/* ---- group commit ------------------------------------------------------ */
+
+typedef struct commit_work {
+  uv_work_t req;
+  struct sk_engine *e;
+  store_batch batch;
+  size_t n_results;       /* ops[0..n_results) are results we own */
+  api_op **api;           /* ops[n_results..) are shallow copies of these */
+  size_t n_api;
+  int *budget;            /* per bulkhead, snapshot */
+  int *budget_left;
+  bool *type_ok;          /* per handler: breaker closed */
+  saga_rng rng;
+  int rc;
+  sk_error err;
+} commit_work;
+
+static const def_workflow *env_get_def(void *ud, PGconn *c, const char *name,
+                                       int version) {
+  commit_work *w = ud;
+  def_workflow *wf = NULL;
+  if (engine_get_workflow(w->e, c, name, version, &wf, NULL) != SK_OK)
+    return NULL;
+  /* The registry keeps its own reference for the engine's lifetime. */
+  def_workflow_unref(wf);
+  return wf;
+}
+
+static void env_claims_reset(void *ud) {
+  commit_work *w = ud;
+  for (size_t i = 0; i < w->e->n_bulkheads; i++)
+    w->budget_left[i] = w->budget[i];
+}
+
+static bool env_claim(void *ud, const saga_task *t) {
+  commit_work *w = ud;
+  struct sk_engine *e = w->e;
+  if (t->action == DEF_KIND_SLEEP)
+    return true; /* settled by the loop itself, no worker slot */
+  if (t->action != DEF_KIND_TASK)
+    return false;
+  bool ok = false;
+  for (size_t i = 0; i < e->n_handlers; i++)
+    if (strcmp(e->handlers[i].task_type, t->task_type) == 0) {
+      ok = w->type_ok[i];
+      break;
+    }
+  if (!ok)
+    return false;
+  const char *bname = t->bulkhead != NULL ? t->bulkhead : "default";
+  for (size_t i = 0; i < e->n_bulkheads; i++)
+    if (strcmp(e->bulkheads[i].name, bname) == 0) {
+      if (w->budget_left[i] <= 0)
+        return false;
+      w->budget_left[i]--;
+      return true;
+    }
+  return false;
+}
+
+static void commit_work_fn(uv_work_t *req) {
+  commit_work *w = req->data;
+  ensure_conn(w->e->commit_conn);
+  store_env env = {.node = w->e->node,
+                   .now_ms = clock_now_ms(),
+                   .rng = &w->rng,
+                   .lease_ttl_ms = w->e->o.lease_ttl_ms,
+                   .get_def = env_get_def,
+                   .claims_reset = env_claims_reset,
+                   .claim = env_claim,
+                   .ud = w};
+  w->rc = sagastore_commit(w->e->commit_conn, &w->batch, &env, &w->err);
+}
+
+static void commit_work_free(commit_work *w) {
+  for (size_t i = 0; i < w->n_results; i++)
+    store_op_clear(&w->batch.ops[i]);
+  store_batch_clear_out(&w->batch);
+  free(w->batch.ops);
+  free(w->api);
+  free(w->budget);
+  free(w->budget_left);
+  free(w->type_ok);
+  free(w);
+}
+
+static void finish_api_op(api_op *a, const store_op *res, int rc,
+                          const sk_error *err) {
+  a->op.rc = res->rc;
+  a->op.existed = res->existed;
+  a->op.status = res->status;
+  memcpy(a->op.saga_id, res->saga_id, sizeof(a->op.saga_id));
+  a->rc = rc;
+  if (err != NULL)
+    a->err = *err;
+  a->done = true;
+  pthread_cond_signal(&a->cv);
+}
+
+static void commit_succeeded(struct sk_engine *e, commit_work *w) {
+  store_batch *b = &w->batch;
+  for (size_t i = 0; i < w->n_results; i++)
+    if (b->ops[i].rc == SK_ELEASE)
+      log_write(LOG_INFO, "result dropped: lease no longer held", "saga_id",
+                b->ops[i].lease.saga_id, "#step", (int64_t)b->ops[i].lease.step,
+                "#attempt", (int64_t)b->ops[i].lease.attempt, NULL);
+  atomic_fetch_add(&e->n_commits, 1);
+  atomic_fetch_add(&e->n_ops_committed, b->n_ops);
+  atomic_fetch_add(&e->n_fenced, b->n_fenced);
+  pthread_mutex_lock(&e->mu);
+  for (size_t i = 0; i < w->n_api; i++)
+    finish_api_op(w->api[i], &b->ops[w->n_results + i], SK_OK, NULL);
+  e->gen++;
+  pthread_cond_broadcast(&e->gen_cv);
+  pthread_mutex_unlock(&e->mu);
+  for (size_t i = 0; i < b->n_claimed; i++)
+    dispatch(e, &b->claimed[i]);
+  if (b->next_due_ms > 0 &&
+      (e->due_at_ms == 0 || b->next_due_ms < e->due_at_ms)) {
+    int64_t delay = b->next_due_ms - clock_now_ms();
+    e->due_at_ms = b->next_due_ms;
+    uv_timer_start(&e->due_timer, due_cb, delay > 0 ? (uint64_t)delay : 0, 0);
+  }
+}
+
+/* Puts a failed batch back: results to the front of the queue, API ops to
+ * the front of theirs, and retries after a backoff. */
+static void commit_failed(struct sk_engine *e, commit_work *w) {
+  log_write(LOG_ERROR, "group commit failed, will retry", "error",
+            w->err.message, "sqlstate", w->err.sqlstate, "#ops",
+            (int64_t)w->batch.n_ops, NULL);
+  size_t n = w->n_results;
+  if (n > 0) {
+    store_op *merged = malloc((n + e->n_results + 1) * sizeof(store_op));
+    if (merged != NULL) {
+      memcpy(merged, w->batch.ops, n * sizeof(store_op));
+      if (e->n_results > 0)
+        memcpy(merged + n, e->results, e->n_results * sizeof(store_op));
+      free(e->results);
+      e->results = merged;
+      e->n_results += n;
+      e->cap_results = e->n_results + 1;
+      w->n_results = 0; /* moved */
+    }
+  }
+  pthread_mutex_lock(&e->mu);
+  for (size_t i = w->n_api; i > 0; i--) {
+    api_op *a = w->api[i - 1];
+    a->next = e->api_head;
+    e->api_head = a;
+    if (e->api_tail == NULL)
+      e->api_tail = a;
+  }
+  pthread_mutex_unlock(&e->mu);
+  /* Back off while the database is away: 100 ms doubling to 5 s. */
+  e->commit_backoff = true;
+  e->retry_delay_ms = e->retry_delay_ms == 0 ? RETRY_MIN_MS
+                                             : e->retry_delay_ms * 2;
+  if (e->retry_delay_ms > RETRY_MAX_MS)
+    e->retry_delay_ms = RETRY_MAX_MS;
+  uv_timer_start(&e->retry_timer, retry_cb, (uint64_t)e->retry_delay_ms, 0);
+}
+
+static void commit_after(uv_work_t *req, int status) {
+  commit_work *w = req->data;
+  struct sk_engine *e = w->e;
+  e->commit_busy = false;
+  for (size_t i = 0; i < e->n_bulkheads; i++)
+    e->bulkheads[i].reserved = 0;
+  if (w->rc == SK_OK) {
+    e->retry_delay_ms = 0;
+    commit_succeeded(e, w);
+  } else {
+    commit_failed(e, w);
+  }
+  commit_work_free(w);
+  maybe_commit(e);
+  maybe_dequeue(e);
+  maybe_finish(e);
+}
+
+/* Takes up to max_batch API ops (under mu). */
+static size_t take_api_ops(struct sk_engine *e, api_op **out, size_t max) {
+  size_t n = 0;
+  pthread_mutex_lock(&e->mu);
+  while (e->api_head != NULL && n < max) {
+    api_op *a = e->api_head;
+    e->api_head = a->next;
+    if (e->api_head == NULL)
+      e->api_tail = NULL;
+    a->next = NULL;
+    out[n++] = a;
+  }
+  pthread_mutex_unlock(&e->mu);
+  return n;
+}
+
+static bool api_pending(struct sk_engine *e) {
+  pthread_mutex_lock(&e->mu);
+  bool p = e->api_head != NULL;
+  pthread_mutex_unlock(&e->mu);
+  return p;
+}
+
+static commit_work *commit_work_new(struct sk_engine *e) {
+  commit_work *w = calloc(1, sizeof(*w));
+  size_t max = (size_t)e->o.max_batch;
+  if (w == NULL)
+    return NULL;
+  w->e = e;
+  w->req.data = w;
+  w->batch.ops = calloc(max, sizeof(store_op));
+  w->api = calloc(max, sizeof(api_op *));
+  w->budget = calloc(e->n_bulkheads + 1, sizeof(int));
+  w->budget_left = calloc(e->n_bulkheads + 1, sizeof(int));
+  w->type_ok = calloc(e->n_handlers + 1, sizeof(bool));
+  if (!w->batch.ops || !w->api || !w->budget || !w->budget_left ||
+      !w->type_ok) {
+    commit_work_free(w);
+    return NULL;
+  }
+  w->rng.s = saga_rng_next(&e->rng) | 1;
+  return w;
+}
+
+static void maybe_commit(struct sk_engine *e) {
+  if (e->commit_busy || e->commit_backoff)
+    return;
+  if (e->n_results == 0 && !api_pending(e))
+    return;
+  commit_work *w = commit_work_new(e);
+  if (w == NULL)
+    return; /* retried on the next wake-up */
+  size_t max = (size_t)e->o.max_batch;
+  size_t nr = e->n_results < max ? e->n_results : max;
+  if (nr > 0) {
+    memcpy(w->batch.ops, e->results, nr * sizeof(store_op));
+    memmove(e->results, e->results + nr,
+            (e->n_results - nr) * sizeof(store_op));
+    e->n_results -= nr;
+  }
+  w->n_results = nr;
+  w->n_api = take_api_ops(e, w->api, max - nr);
+  for (size_t i = 0; i < w->n_api; i++)
+    w->batch.ops[nr + i] = w->api[i]->op; /* shallow: strings stay theirs */
+  w->batch.n_ops = nr + w->n_api;
+  bool stopping = atomic_load(&e->state) != ENGINE_STATE_RUNNING;
+  int64_t now = clock_now_ms();
+  for (size_t i = 0; i < e->n_bulkheads && !stopping; i++) {
+    bulkhead *bh = &e->bulkheads[i];
+    int free_slots = bh->concurrency - (int)pool_load(bh->pool);
+    w->budget[i] = free_slots > 0 ? free_slots : 0;
+    bh->reserved = w->budget[i];
+  }
+  for (size_t i = 0; i < e->n_handlers && !stopping; i++)
+    w->type_ok[i] = breaker_allow(&e->handlers[i].br, now) < 0;
+  e->commit_busy = true;
+  if (uv_queue_work(&e->loop, &w->req, commit_work_fn, commit_after) != 0) {
+    e->commit_busy = false;
+    commit_failed(e, w);
+    commit_work_free(w);
+  }
+}
+
+static void retry_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  e->commit_backoff = false;
+  maybe_commit(e);
+}
+
+/* ---- dequeue ------------------------------------------------------------- */
+
+typedef struct dequeue_work {
+  uv_work_t req;
+  struct sk_engine *e;
+  dequeue_lane *lanes;
+  size_t n_lanes;
+  const char **types;     /* shared by every task lane */
+  size_t n_types;
+  const char **probe;     /* half-open types, one lane each */
+  leased_task *got;
+  size_t n_got;
+  int rc;
+  sk_error err;
+} dequeue_work;
+
+static void dequeue_work_fn(uv_work_t *req) {
+  dequeue_work *w = req->data;
+  ensure_conn(w->e->dequeue_conn);
+  w->rc = taskqueue_dequeue(w->e->dequeue_conn, w->e->node,
+                            w->e->o.lease_ttl_ms, w->lanes, w->n_lanes,
+                            &w->got, &w->n_got, &w->err);
+}
+
+static void dequeue_work_free(dequeue_work *w) {
+  for (size_t i = 0; i < w->n_got; i++)
+    leased_task_clear(&w->got[i]);
+  free(w->got);
+  free(w->lanes);
+  free(w->types);
+  free(w->probe);
+  free(w);
+}
+
+static void dequeue_after(uv_work_t *req, int status) {
+  dequeue_work *w = req->data;
+  struct sk_engine *e = w->e;
+  e->dequeue_busy = false;
+  atomic_fetch_add(&e->n_dequeues, 1);
+  if (w->rc != SK_OK) {
+    log_write(LOG_ERROR, "could not lease tasks", "error", w->err.message,
+              "sqlstate", w->err.sqlstate, NULL);
+  } else {
+    /* A full lane means more may be waiting: ask again once slots free. */
+    int total = 0;
+    for (size_t i = 0; i < w->n_lanes; i++)
+      total += w->lanes[i].limit;
+    if ((int)w->n_got >= total && w->n_got > 0)
+      e->dequeue_wanted = true;
+    for (size_t i = 0; i < w->n_got; i++)
+      dispatch(e, &w->got[i]);
+  }
+  dequeue_work_free(w);
+  maybe_commit(e);
+  maybe_dequeue(e);
+  maybe_finish(e);
+}
+
+static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
+  int64_t now = clock_now_ms();
+  size_t cap = e->n_bulkheads * (e->n_handlers + 1) + 1;
+  w->lanes = calloc(cap, sizeof(dequeue_lane));
+  w->types = calloc(e->n_handlers + 1, sizeof(char *));
+  w->probe = calloc(e->n_handlers + 1, sizeof(char *));
+  if (!w->lanes || !w->types || !w->probe)
+    return false;
+  size_t n_probe = 0;
+  for (size_t i = 0; i < e->n_handlers; i++) {
+    int allow = breaker_allow(&e->handlers[i].br, now);
+    if (allow < 0)
+      w->types[w->n_types++] = e->handlers[i].task_type;
+    else if (allow > 0)
+      w->probe[n_probe++] = e->handlers[i].task_type;
+  }
+  for (size_t i = 0; i < e->n_bulkheads; i++) {
+    bulkhead *bh = &e->bulkheads[i];
+    int free_slots = bh->concurrency - (int)pool_load(bh->pool) - bh->reserved;
+    if (free_slots <= 0)
+      continue;
+    if (w->n_types > 0)
+      w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
+                                              .types = w->types,
+                                              .n_types = w->n_types,
+                                              .limit = free_slots};
+    for (size_t k = 0; k < n_probe; k++)
+      w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
+                                              .types = &w->probe[k],
+                                              .n_types = 1,
+                                              .limit = 1};
+  }
+  w->lanes[w->n_lanes++] =
+      (dequeue_lane){.sleeps = true, .limit = SLEEP_LANE_LIMIT};
+  return true;
+}
+
+static void maybe_dequeue(struct sk_engine *e) {
+  if (e->dequeue_busy || !e->dequeue_wanted ||
+      atomic_load(&e->state) != ENGINE_STATE_RUNNING)
+    return;
+  dequeue_work *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return;
+  w->e = e;
+  w->req.data = w;
+  if (!build_lanes(e, w)) {
+    dequeue_work_free(w);
+    return;
+  }
+  e->dequeue_wanted = false;
+  e->dequeue_busy = true;
+  if (uv_queue_work(&e->loop, &w->req, dequeue_work_fn, dequeue_after) != 0) {
+    e->dequeue_busy = false;
+    e->dequeue_wanted = true;
+    dequeue_work_free(w);
+  }
+}
+
+/* ---- lease renewal, heartbeat, release ---------------------------------- */
+
+typedef struct aux_work {
+  uv_work_t req;
+  struct sk_engine *e;
+  exec_job **jobs;        /* renew these (still in flight when we return) */
+  store_lease *leases;
+  bool *lost, *cancel;
+  size_t n;
+  bool release;           /* hand the leases back instead */
+  int rc;
+  sk_error err;
+} aux_work;
+
+static void aux_work_fn(uv_work_t *req) {
+  aux_work *w = req->data;
+  struct sk_engine *e = w->e;
+  ensure_conn(e->aux_conn);
+  if (w->release) {
+    w->rc = taskqueue_release(e->aux_conn, w->leases, w->n, &w->err);
+    return;
+  }
+  w->rc = taskqueue_renew(e->aux_conn, w->leases, w->n, e->o.lease_ttl_ms,
+                          w->lost, w->cancel, &w->err);
+  char cap[64];
+  snprintf(cap, sizeof(cap), "{\"inflight\": %zu}", w->n);
+  queries_node_heartbeat(e->aux_conn, e->node, cap, NULL);
+}
+
+static void aux_work_free(aux_work *w) {
+  free(w->jobs);
+  free(w->leases);
+  free(w->lost);
+  free(w->cancel);
+  free(w);
+}
+
+static bool job_in_flight(struct sk_engine *e, exec_job *j) {
+  for (exec_job *x = e->inflight; x != NULL; x = x->next_inflight)
+    if (x == j)
+      return true;
+  return false;
+}
+
+static void aux_after(uv_work_t *req, int status) {
+  aux_work *w = req->data;
+  struct sk_engine *e = w->e;
+  e->aux_busy = false;
+  if (w->rc != SK_OK) {
+    log_write(LOG_ERROR, w->release ? "could not hand back leases"
+                                    : "could not renew leases",
+              "error", w->err.message, NULL);
+  } else if (!w->release) {
+    /* Jobs may have finished meanwhile; only touch those still here. */
+    collect_done(e);
+    for (size_t i = 0; i < w->n; i++) {
+      exec_job *j = w->jobs[i];
+      if (!job_in_flight(e, j))
+        continue;
+      if (w->lost[i]) {
+        atomic_store(&j->cancel, true);
+        atomic_store(&j->state, JOB_ABANDONED);
+        log_write(LOG_WARNING, "lease lost; abandoning the attempt", "saga_id",
+                  j->task.lease.saga_id, "step", j->task.step_name, NULL);
+      } else if (w->cancel[i]) {
+        atomic_store(&j->cancel, true);
+      }
+    }
+  }
+  aux_work_free(w);
+  maybe_commit(e);
+  maybe_finish(e);
+}
+
+static aux_work *aux_work_new(struct sk_engine *e, size_t n) {
+  aux_work *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return NULL;
+  w->e = e;
+  w->req.data = w;
+  w->jobs = calloc(n + 1, sizeof(exec_job *));
+  w->leases = calloc(n + 1, sizeof(store_lease));
+  w->lost = calloc(n + 1, sizeof(bool));
+  w->cancel = calloc(n + 1, sizeof(bool));
+  if (!w->jobs || !w->leases || !w->lost || !w->cancel) {
+    aux_work_free(w);
+    return NULL;
+  }
+  return w;
+}
+
+static void start_aux(struct sk_engine *e, aux_work *w) {
+  e->aux_busy = true;
+  if (uv_queue_work(&e->loop, &w->req, aux_work_fn, aux_after) != 0) {
+    e->aux_busy = false;
+    aux_work_free(w);
+  }
+}
+
+static void renew_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  if (e->aux_busy)
+    return;
+  aux_work *w = aux_work_new(e, e->n_inflight);
+  if (w == NULL)
+    return;
+  for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
+    if (atomic_load(&j->state) == JOB_ABANDONED)
+      continue;
+    w->jobs[w->n] = j;
+    w->leases[w->n] = j->task.lease;
+    w->n++;
+  }
+  start_aux(e, w);
+}
+
+/* ---- timeouts -------------------------------------------------------------- */
+
+static void watchdog_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  int64_t now = clock_mono_ms();
+  bool any = false;
+  for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
+    int64_t started = atomic_load(&j->started_mono_ms);
+    if (started == 0 || now - started < j->task.timeout_ms)
+      continue;
+    int expected = JOB_RUNNING;
+    if (!atomic_compare_exchange_strong(&j->state, &expected, JOB_ABANDONED))
+      continue;
+    atomic_store(&j->cancel, true);
+    store_op op;
+    char msg[128];
+    snprintf(msg, sizeof(msg), "attempt timed out after %lld ms",
+             (long long)j->task.timeout_ms);
+    job_failure_op(&j->task, "Timeout", msg, true, &op);
+    breaker_record(&j->h->br, false, true, clock_now_ms());
+    log_write(LOG_WARNING, "attempt timed out", "saga_id",
+              j->task.lease.saga_id, "step", j->task.step_name, "#attempt",
+              (int64_t)j->task.lease.attempt, NULL);
+    push_result(e, &op);
+    any = true;
+  }
+  if (any)
+    maybe_commit(e);
+}
+
+/* ---- wake-ups ---------------------------------------------------------------- */
+
+static void poll_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  e->dequeue_wanted = true;
+  maybe_dequeue(e);
+}
+
+static void due_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  e->due_at_ms = 0;
+  e->dequeue_wanted = true;
+  maybe_dequeue(e);
+}
+
+static void listen_cb(uv_poll_t *p, int status, int events) {
+  struct sk_engine *e = p->data;
+  if (status < 0 || !PQconsumeInput(e->listen_conn)) {
+    log_write(LOG_WARNING, "lost the notification connection; polling", NULL);
+    uv_poll_stop(&e->listen_poll);
+    return;
+  }
+  PGnotify *n;
+  while ((n = PQnotifies(e->listen_conn)) != NULL) {
+    PQfreemem(n);
+    e->dequeue_wanted = true;
+  }
+  maybe_dequeue(e);
+}
+
+static void release_queued(struct sk_engine *e) {
+  for (size_t i = 0; i < e->n_bulkheads; i++) {
+    pool_link *l = pool_take_queued(e->bulkheads[i].pool);
+    size_t n = 0;
+    for (pool_link *x = l; x != NULL; x = x->next)
+      n++;
+    if (n == 0)
+      continue;
+    aux_work *w = e->aux_busy ? NULL : aux_work_new(e, n);
+    while (l != NULL) {
+      exec_job *j = (exec_job *)l;
+      l = l->next;
+      if (w != NULL)
+        w->leases[w->n++] = j->task.lease;
+      inflight_remove(e, j);
+      job_free(j);
+    }
+    if (w != NULL) {
+      w->release = true;
+      start_aux(e, w);
+    }
+  }
+}
+
+static void wake_cb(uv_async_t *h) {
+  struct sk_engine *e = h->data;
+  collect_done(e);
+  if (atomic_load(&e->state) == ENGINE_STATE_STOPPING)
+    release_queued(e);
+  maybe_commit(e);
+  maybe_dequeue(e);
+  maybe_finish(e);
+}
+
+void loop_wake(struct sk_engine *e) { uv_async_send(&e->wake); }
+
+/* ---- start and stop ----------------------------------------------------------- */
+
+static void close_cb(uv_handle_t *h) {
+  struct sk_engine *e = h->data;
+  e->handles_open--;
+}
+
+static void close_handle(struct sk_engine *e, uv_handle_t *h) {
+  if (!uv_is_closing(h))
+    uv_close(h, close_cb);
+}
+
+/* When stopping and nothing is left in flight, closes every handle so that
+ * uv_run returns. */
+static void maybe_finish(struct sk_engine *e) {
+  if (atomic_load(&e->state) != ENGINE_STATE_STOPPING)
+    return;
+  if (e->n_inflight > 0 || e->n_results > 0 || e->commit_busy ||
+      e->dequeue_busy || e->aux_busy || api_pending(e))
+    return;
+  if (uv_is_closing((uv_handle_t *)&e->wake))
+    return;
+  close_handle(e, (uv_handle_t *)&e->wake);
+  close_handle(e, (uv_handle_t *)&e->poll_timer);
+  close_handle(e, (uv_handle_t *)&e->due_timer);
+  close_handle(e, (uv_handle_t *)&e->renew_timer);
+  close_handle(e, (uv_handle_t *)&e->watchdog_timer);
+  close_handle(e, (uv_handle_t *)&e->retry_timer);
+  if (e->listen_active)
+    close_handle(e, (uv_handle_t *)&e->listen_poll);
+}
+
+static int connect_all(struct sk_engine *e, sk_error *err) {
+  PGconn **conns[] = {&e->commit_conn, &e->dequeue_conn, &e->aux_conn,
+                      &e->listen_conn};
+  for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
+    if (*conns[i] != NULL)
+      continue;
+    int rc = db_connect(e->conninfo, conns[i], err);
+    if (rc != SK_OK)
+      return rc;
+  }
+  return db_exec(e->listen_conn, "LISTEN " SAGASTORE_NOTIFY_CHANNEL, err);
+}
+
+int loop_init(struct sk_engine *e) {
+  sk_error err = {0};
+  int rc = connect_all(e, &err);
+  if (rc != SK_OK) {
+    log_write(LOG_ERROR, "could not connect the engine loop", "error",
+              err.message, NULL);
+    return rc;
+  }
+  if (uv_loop_init(&e->loop) != 0)
+    return SK_EIO;
+  uv_handle_t *hs[] = {(uv_handle_t *)&e->wake,
+                       (uv_handle_t *)&e->poll_timer,
+                       (uv_handle_t *)&e->due_timer,
+                       (uv_handle_t *)&e->renew_timer,
+                       (uv_handle_t *)&e->watchdog_timer,
+                       (uv_handle_t *)&e->retry_timer};
+  uv_async_init(&e->loop, &e->wake, wake_cb);
+  uv_timer_init(&e->loop, &e->poll_timer);
+  uv_timer_init(&e->loop, &e->due_timer);
+  uv_timer_init(&e->loop, &e->renew_timer);
+  uv_timer_init(&e->loop, &e->watchdog_timer);
+  uv_timer_init(&e->loop, &e->retry_timer);
+  for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
+    hs[i]->data = e;
+    e->handles_open++;
+  }
+  e->listen_active = false;
+  if (uv_poll_init(&e->loop, &e->listen_poll, PQsocket(e->listen_conn)) == 0) {
+    e->listen_poll.data = e;
+    e->handles_open++;
+    e->listen_active = true;
+    uv_poll_start(&e->listen_poll, UV_READABLE, listen_cb);
+  }
+  uint64_t poll = (uint64_t)e->o.poll_interval_ms;
+  uv_timer_start(&e->poll_timer, poll_cb, 0, poll);
+  uint64_t renew = (uint64_t)(e->o.lease_ttl_ms / 3);
+  uv_timer_start(&e->renew_timer, renew_cb, renew, renew);
+  uv_timer_start(&e->watchdog_timer, watchdog_cb, WATCHDOG_MS, WATCHDOG_MS);
+  e->dequeue_wanted = true;
+  return SK_OK;
+}
+
+/* Commits API ops left behind when the loop ended, on query_conn. */
+static void drain_api_direct(struct sk_engine *e);
+
+int loop_run(struct sk_engine *e) {
+  log_write(LOG_INFO, "engine loop started", NULL);
+  uv_run(&e->loop, UV_RUN_DEFAULT);
+  pthread_mutex_lock(&e->mu);
+  e->loop_running = false;
+  pthread_mutex_unlock(&e->mu);
+  drain_api_direct(e);
+  int rc = uv_loop_close(&e->loop);
+  if (rc != 0)
+    log_write(LOG_WARNING, "engine loop closed with handles open", NULL);
+  log_write(LOG_INFO, "engine loop stopped", NULL);
+  return SK_OK;
+}
+
+/* ---- API ops ----------------------------------------------------------------- */
+
+static const def_workflow *direct_get_def(void *ud, PGconn *c,
+                                          const char *name, int version) {
+  def_workflow *wf = NULL;
+  if (engine_get_workflow(ud, c, name, version, &wf, NULL) != SK_OK)
+    return NULL;
+  def_workflow_unref(wf); /* the registry keeps one */
+  return wf;
+}
+
+static int commit_direct(struct sk_engine *e, store_op *op, sk_error *err) {
+  pthread_mutex_lock(&e->q_mu);
+  ensure_conn(e->query_conn);
+  saga_rng rng;
+  pthread_mutex_lock(&e->mu);
+  rng.s = saga_rng_next(&e->rng) | 1;
+  pthread_mutex_unlock(&e->mu);
+  store_batch b = {.ops = op, .n_ops = 1};
+  store_env env = {.node = e->node,
+                   .now_ms = clock_now_ms(),
+                   .rng = &rng,
+                   .lease_ttl_ms = e->o.lease_ttl_ms,
+                   .get_def = direct_get_def,
+                   .ud = e};
+  int rc = sagastore_commit(e->query_conn, &b, &env, err);
+  store_batch_clear_out(&b);
+  pthread_mutex_unlock(&e->q_mu);
+  pthread_mutex_lock(&e->mu);
+  e->gen++;
+  pthread_cond_broadcast(&e->gen_cv);
+  pthread_mutex_unlock(&e->mu);
+  return rc;
+}
+
+static void drain_api_direct(struct sk_engine *e) {
+  for (;;) {
+    pthread_mutex_lock(&e->mu);
+    api_op *a = e->api_head;
+    if (a != NULL) {
+      e->api_head = a->next;
+      if (e->api_head == NULL)
+        e->api_tail = NULL;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (a == NULL)
+      return;
+    sk_error err = {0};
+    int rc = commit_direct(e, &a->op, &err);
+    pthread_mutex_lock(&e->mu);
+    a->rc = rc;
+    a->err = err;
+    a->done = true;
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&e->mu);
+  }
+}
+
+int loop_submit_op(struct sk_engine *e, store_op *op, sk_error *err) {
+  pthread_mutex_lock(&e->mu);
+  if (!e->loop_running) {
+    pthread_mutex_unlock(&e->mu);
+    return commit_direct(e, op, err);
+  }
+  api_op a;
+  memset(&a, 0, sizeof(a));
+  a.op = *op;
+  pthread_cond_init(&a.cv, NULL);
+  if (e->api_tail != NULL)
+    e->api_tail->next = &a;
+  else
+    e->api_head = &a;
+  e->api_tail = &a;
+  pthread_mutex_unlock(&e->mu);
+  loop_wake(e);
+  pthread_mutex_lock(&e->mu);
+  while (!a.done)
+    pthread_cond_wait(&a.cv, &e->mu);
+  pthread_mutex_unlock(&e->mu);
+  pthread_cond_destroy(&a.cv);
+  op->rc = a.op.rc;
+  op->existed = a.op.existed;
+  op->status = a.op.status;
+  memcpy(op->saga_id, a.op.saga_id, sizeof(op->saga_id));
+  if (a.rc != SK_OK && err != NULL)
+    *err = a.err;
+  return a.rc;
+}

@@ -1,0 +1,274 @@
+/*
+ * queries.c — reads and small writes outside the group commit (queries.h).
+ *
+ * Every statement is parameterised. Results are cleared in the function
+ * that received them.
+ *
+ * Thread: the caller's; the connection belongs to the call.
+ */
+#include "store/queries.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "store/db.h"
+
+/* Runs a parameterised query expecting rows; on failure fills err. */
+static PGresult *query(PGconn *c, const char *sql, int n, const char **p,
+                       const char *what, int *rc, sk_error *err) {
+  PGresult *r = PQexecParams(c, sql, n, NULL, p, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    *rc = db_fail(c, r, what, err);
+    PQclear(r);
+    return NULL;
+  }
+  *rc = SK_OK;
+  return r;
+}
+
+int queries_register_def(PGconn *c, const char *name, int version,
+                         const char *spec_json, sk_error *err) {
+  char ver[16];
+  snprintf(ver, sizeof(ver), "%d", version);
+  const char *p[3] = {name, ver, spec_json};
+  int rc;
+  PGresult *r = query(
+      c,
+      "WITH ins AS (INSERT INTO workflow_defs (name, version, spec, "
+      "  spec_sha256) VALUES ($1, $2::int, $3::jsonb, "
+      "  encode(sha256(convert_to($3::jsonb::text, 'UTF8')), 'hex')) "
+      "  ON CONFLICT (name, version) DO NOTHING RETURNING 1) "
+      "SELECT (SELECT count(*) FROM ins), "
+      "  (SELECT spec = $3::jsonb FROM workflow_defs "
+      "   WHERE name = $1 AND version = $2::int)",
+      3, p, "could not register workflow", &rc, err);
+  if (r == NULL)
+    return rc;
+  bool inserted = strcmp(PQgetvalue(r, 0, 0), "1") == 0;
+  bool same = PQgetvalue(r, 0, 1)[0] == 't';
+  PQclear(r);
+  if (inserted || same)
+    return SK_OK;
+  return sk_error_set(err, SK_ECONFLICT,
+                      "workflow %s version %d is already registered with a "
+                      "different definition",
+                      name, version);
+}
+
+int queries_load_def(PGconn *c, const char *name, int version,
+                     char **spec_json, int *version_out, sk_error *err) {
+  char ver[16];
+  snprintf(ver, sizeof(ver), "%d", version);
+  const char *p[2] = {name, ver};
+  int rc;
+  PGresult *r = query(c,
+                      "SELECT spec::text, version FROM workflow_defs "
+                      "WHERE name = $1 AND ($2::int = 0 OR version = $2::int) "
+                      "ORDER BY version DESC LIMIT 1",
+                      2, p, "could not load workflow", &rc, err);
+  if (r == NULL)
+    return rc;
+  if (PQntuples(r) == 0) {
+    PQclear(r);
+    if (version == 0)
+      return sk_error_set(err, SK_ENOENT, "workflow %s is not registered",
+                          name);
+    return sk_error_set(err, SK_ENOENT,
+                        "workflow %s version %d is not registered", name,
+                        version);
+  }
+  *spec_json = strdup(PQgetvalue(r, 0, 0));
+  if (version_out != NULL)
+    *version_out = atoi(PQgetvalue(r, 0, 1));
+  PQclear(r);
+  return *spec_json != NULL ? SK_OK : sk_error_set(err, SK_ENOMEM, NULL);
+}
+
+int queries_saga_state(PGconn *c, const char *id, char **state_json,
+                       saga_status *status, sk_error *err) {
+  const char *p[1] = {id};
+  int rc;
+  PGresult *r = query(c, "SELECT state::text, status FROM sagas WHERE id = $1",
+                      1, p, "could not read saga", &rc, err);
+  if (r == NULL)
+    return rc;
+  if (PQntuples(r) == 0) {
+    PQclear(r);
+    return sk_error_set(err, SK_ENOENT, "saga %s does not exist", id);
+  }
+  if (status != NULL &&
+      saga_status_parse(PQgetvalue(r, 0, 1), status) != SK_OK) {
+    PQclear(r);
+    return sk_error_set(err, SK_EINTERNAL, "saga %s has an unknown status",
+                        id);
+  }
+  if (state_json != NULL) {
+    *state_json = strdup(PQgetvalue(r, 0, 0));
+    if (*state_json == NULL) {
+      PQclear(r);
+      return sk_error_set(err, SK_ENOMEM, NULL);
+    }
+  }
+  PQclear(r);
+  return SK_OK;
+}
+
+int queries_events_json(PGconn *c, const char *id, int64_t after_seq,
+                        char **json, sk_error *err) {
+  char after[32];
+  snprintf(after, sizeof(after), "%lld", (long long)after_seq);
+  const char *p[2] = {id, after};
+  int rc;
+  PGresult *r = query(
+      c,
+      "SELECT EXISTS (SELECT 1 FROM sagas WHERE id = $1), "
+      "  coalesce((SELECT json_agg(json_build_object('seq', seq, 'type', "
+      "  type, 'step', step, 'attempt', attempt, 'node', node, 'payload', "
+      "  payload, 'created_at', created_at) ORDER BY seq)::text "
+      "  FROM saga_events WHERE saga_id = $1 AND seq > $2::bigint), '[]')",
+      2, p, "could not read saga events", &rc, err);
+  if (r == NULL)
+    return rc;
+  if (PQgetvalue(r, 0, 0)[0] != 't') {
+    PQclear(r);
+    return sk_error_set(err, SK_ENOENT, "saga %s does not exist", id);
+  }
+  *json = strdup(PQgetvalue(r, 0, 1));
+  PQclear(r);
+  return *json != NULL ? SK_OK : sk_error_set(err, SK_ENOMEM, NULL);
+}
+
+static int read_event(PGresult *r, int i, saga_event *ev) {
+  memset(ev, 0, sizeof(*ev));
+  ev->seq = atoll(PQgetvalue(r, i, 0));
+  if (saga_event_parse(PQgetvalue(r, i, 1), &ev->type) != SK_OK)
+    return SK_EINVAL;
+  ev->step = PQgetisnull(r, i, 2) ? -1 : atoi(PQgetvalue(r, i, 2));
+  ev->attempt = PQgetisnull(r, i, 3) ? 0 : atoi(PQgetvalue(r, i, 3));
+  ev->node = PQgetisnull(r, i, 4) ? NULL : strdup(PQgetvalue(r, i, 4));
+  ev->payload = strdup(PQgetvalue(r, i, 5));
+  ev->ts_ms = atoll(PQgetvalue(r, i, 6));
+  if (ev->payload == NULL || (!PQgetisnull(r, i, 4) && ev->node == NULL))
+    return SK_ENOMEM;
+  return SK_OK;
+}
+
+int queries_load_events(PGconn *c, const char *id, saga_event **events,
+                        size_t *n, sk_error *err) {
+  *events = NULL;
+  *n = 0;
+  const char *p[1] = {id};
+  int rc;
+  PGresult *r = query(
+      c,
+      "SELECT seq, type, step, attempt, node, payload::text, "
+      "  (extract(epoch FROM created_at) * 1000)::bigint "
+      "FROM saga_events WHERE saga_id = $1 ORDER BY seq",
+      1, p, "could not read saga events", &rc, err);
+  if (r == NULL)
+    return rc;
+  int rows = PQntuples(r);
+  if (rows > 0) {
+    *events = calloc((size_t)rows, sizeof(saga_event));
+    if (*events == NULL) {
+      PQclear(r);
+      return sk_error_set(err, SK_ENOMEM, NULL);
+    }
+  }
+  for (int i = 0; i < rows && rc == SK_OK; i++) {
+    rc = read_event(r, i, &(*events)[i]);
+    *n = (size_t)i + 1;
+  }
+  PQclear(r);
+  if (rc != SK_OK)
+    return sk_error_set(err, rc, "could not decode event of saga %s", id);
+  return SK_OK;
+}
+
+/* Folds one saga's events and asks the database whether the result equals
+ * the stored projection. */
+static int verify_one(PGconn *c, const char *id, bool *equal, sk_error *err) {
+  saga_event *evs = NULL;
+  size_t n = 0;
+  int rc = queries_load_events(c, id, &evs, &n, err);
+  saga_state st;
+  saga_state_init(&st);
+  char *json = NULL;
+  if (rc == SK_OK) {
+    rc = saga_fold(evs, n, &st);
+    if (rc != SK_OK)
+      sk_error_set(err, rc, "events of saga %s do not fold", id);
+  }
+  if (rc == SK_OK)
+    rc = saga_state_to_json(&st, &json);
+  if (rc == SK_OK) {
+    const char *p[2] = {id, json};
+    PGresult *r = query(c,
+                        "SELECT coalesce((SELECT state = $2::jsonb FROM sagas "
+                        "WHERE id = $1), false)",
+                        2, p, "could not compare projection", &rc, err);
+    if (r != NULL) {
+      *equal = PQgetvalue(r, 0, 0)[0] == 't';
+      PQclear(r);
+    }
+  }
+  if (rc == SK_EINVAL || rc == SK_ESTATE || rc == SK_ECONFLICT ||
+      rc == SK_EJSON) {
+    *equal = false; /* an unfoldable log is a mismatch, not a crash */
+    rc = SK_OK;
+  }
+  free(json);
+  saga_state_clear(&st);
+  for (size_t i = 0; i < n; i++)
+    saga_event_clear(&evs[i]);
+  free(evs);
+  return rc;
+}
+
+int queries_verify(PGconn *c, const char *id, verify_report *rep,
+                   sk_error *err) {
+  memset(rep, 0, sizeof(*rep));
+  const char *p[1] = {id};
+  int rc;
+  PGresult *r = query(c,
+                      "SELECT id::text FROM sagas WHERE $1::uuid IS NULL OR "
+                      "id = $1::uuid ORDER BY id",
+                      1, p, "could not list sagas", &rc, err);
+  if (r == NULL)
+    return rc;
+  for (int i = 0; i < PQntuples(r) && rc == SK_OK; i++) {
+    bool equal = false;
+    rc = verify_one(c, PQgetvalue(r, i, 0), &equal, err);
+    if (rc != SK_OK)
+      break;
+    rep->checked++;
+    if (!equal) {
+      if (rep->mismatched == 0)
+        snprintf(rep->first_mismatch, sizeof(rep->first_mismatch), "%s",
+                 PQgetvalue(r, i, 0));
+      rep->mismatched++;
+      log_write(LOG_WARNING, "projection differs from the fold of its events",
+                "saga_id", PQgetvalue(r, i, 0), NULL);
+    }
+  }
+  PQclear(r);
+  return rc;
+}
+
+int queries_node_heartbeat(PGconn *c, const char *node,
+                           const char *capacity_json, sk_error *err) {
+  const char *p[2] = {node, capacity_json != NULL ? capacity_json : "{}"};
+  PGresult *r = PQexecParams(
+      c,
+      "INSERT INTO nodes (name, capacity) VALUES ($1, $2::jsonb) "
+      "ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), "
+      "capacity = excluded.capacity",
+      2, NULL, p, NULL, NULL, 0);
+  int rc = SK_OK;
+  if (PQresultStatus(r) != PGRES_COMMAND_OK)
+    rc = db_fail(c, r, "could not record node heartbeat", err);
+  PQclear(r);
+  return rc;
+}

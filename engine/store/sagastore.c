@@ -1,0 +1,845 @@
+/*
+ * sagastore.c — the group commit (see sagastore.h).
+ *
+ * One attempt of the transaction:
+ *   1. lock the projections of every saga the batch touches, in id order
+ *      (SELECT ... ORDER BY id FOR UPDATE), so two nodes never deadlock;
+ *   2. fence results: DELETE the task rows whose lease token still matches
+ *      (RETURNING tells which results are current; the rest are dropped);
+ *   3. claim idempotency keys of starts (INSERT ... ON CONFLICT DO NOTHING);
+ *   4. run the pure decider for each op in order, evolving the in-memory
+ *      states;
+ *   5. write events, new and changed projections, new tasks and cancel
+ *      marks with one multi-row statement each, NOTIFY, COMMIT.
+ * A transient error rolls everything back and the attempt starts over from
+ * the database's state, so a retry can never apply an op twice.
+ *
+ * Thread: a libuv threadpool thread (or any caller's); the connection and
+ * the batch belong to this call.
+ */
+#include "store/sagastore.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "store/db.h"
+
+#define COMMIT_MAX_TRIES 5
+
+/* The in-memory state of one touched saga during an attempt. */
+typedef struct touched {
+  char id[37];
+  saga_state st;
+  bool found;     /* exists in the database */
+  bool is_new;    /* started by this batch */
+  bool dirty;     /* changed by this batch */
+} touched;
+
+/* Everything one attempt writes, as array literals for unnest(). */
+typedef struct writes {
+  pgarr ev_saga, ev_seq, ev_type, ev_step, ev_attempt, ev_node, ev_payload,
+      ev_ts;
+  size_t n_events;
+  pgarr tk_saga, tk_step, tk_kind, tk_attempt, tk_workflow, tk_step_name,
+      tk_action, tk_type, tk_bulkhead, tk_avail, tk_input, tk_timeout,
+      tk_gpus, tk_gpu_mem, tk_claim;
+  size_t n_tasks;
+  size_t n_claims;
+  pgarr cx_saga, cx_step;
+  size_t n_cancels;
+  bool notify;
+  int64_t next_due_ms;
+} writes;
+
+typedef struct attempt {
+  touched *t;
+  size_t n_t;      /* loaded (sorted by id) first, then started ones */
+  size_t n_loaded;
+  writes w;
+} attempt;
+
+#define WRITES_ARRAYS(X)                                                       \
+  X(ev_saga) X(ev_seq) X(ev_type) X(ev_step) X(ev_attempt) X(ev_node)          \
+  X(ev_payload) X(ev_ts) X(tk_saga) X(tk_step) X(tk_kind) X(tk_attempt)        \
+  X(tk_workflow) X(tk_step_name) X(tk_action) X(tk_type) X(tk_bulkhead)        \
+  X(tk_avail) X(tk_input) X(tk_timeout) X(tk_gpus) X(tk_gpu_mem) X(tk_claim)   \
+  X(cx_saga) X(cx_step)
+
+static void writes_init(writes *w) {
+  memset(w, 0, sizeof(*w));
+#define W_INIT(f) pgarr_init(&w->f);
+  WRITES_ARRAYS(W_INIT)
+#undef W_INIT
+}
+
+static void writes_free(writes *w) {
+#define W_FREE(f) pgarr_free(&w->f);
+  WRITES_ARRAYS(W_FREE)
+#undef W_FREE
+}
+
+static bool writes_ok(writes *w) {
+#define W_OK(f) &&pgarr_get(&w->f) != NULL
+  return true WRITES_ARRAYS(W_OK);
+#undef W_OK
+}
+
+void leased_task_clear(leased_task *t) {
+  if (t == NULL)
+    return;
+  free(t->workflow);
+  free(t->step_name);
+  free(t->task_type);
+  free(t->bulkhead);
+  free(t->input);
+  memset(t, 0, sizeof(*t));
+}
+
+void store_op_clear(store_op *op) {
+  if (op == NULL)
+    return;
+  free(op->input);
+  free(op->idempotency_key);
+  free(op->replay_of);
+  free(op->output);
+  free(op->err_type);
+  free(op->err_message);
+  free(op->reason);
+  free(op->from_step);
+  free(op->step_input);
+  memset(op, 0, sizeof(*op));
+}
+
+void store_batch_clear_out(store_batch *b) {
+  for (size_t i = 0; i < b->n_claimed; i++)
+    leased_task_clear(&b->claimed[i]);
+  free(b->claimed);
+  b->claimed = NULL;
+  b->n_claimed = 0;
+}
+
+/* ---- touched sagas ------------------------------------------------------- */
+
+static int touched_cmp(const void *a, const void *b) {
+  return strcmp(((const touched *)a)->id, ((const touched *)b)->id);
+}
+
+static touched *touched_find(attempt *a, const char *id) {
+  touched key;
+  snprintf(key.id, sizeof(key.id), "%s", id);
+  return bsearch(&key, a->t, a->n_loaded, sizeof(touched), touched_cmp);
+}
+
+static void attempt_free(attempt *a) {
+  for (size_t i = 0; i < a->n_t; i++)
+    saga_state_clear(&a->t[i].st);
+  free(a->t);
+  writes_free(&a->w);
+  memset(a, 0, sizeof(*a));
+}
+
+/* Collects the distinct saga ids of non-start ops, sorted. */
+static int collect_touched(const store_batch *b, attempt *a) {
+  a->t = calloc(b->n_ops ? b->n_ops : 1, sizeof(touched));
+  if (a->t == NULL)
+    return SK_ENOMEM;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    const store_op *op = &b->ops[i];
+    if (op->type == STORE_OP_START)
+      continue;
+    const char *id = op->type == STORE_OP_RESULT ? op->lease.saga_id
+                                                 : op->saga_id;
+    snprintf(a->t[a->n_t].id, sizeof(a->t[a->n_t].id), "%s", id);
+    saga_state_init(&a->t[a->n_t].st);
+    a->n_t++;
+  }
+  qsort(a->t, a->n_t, sizeof(touched), touched_cmp);
+  size_t k = 0;
+  for (size_t i = 0; i < a->n_t; i++) {
+    if (k > 0 && strcmp(a->t[k - 1].id, a->t[i].id) == 0)
+      continue;
+    a->t[k++] = a->t[i];
+  }
+  a->n_t = k;
+  a->n_loaded = k;
+  return SK_OK;
+}
+
+/* Step 1: lock and load the projections. */
+static int lock_sagas(PGconn *c, attempt *a, sk_error *err) {
+  if (a->n_t == 0)
+    return SK_OK;
+  pgarr ids;
+  pgarr_init(&ids);
+  for (size_t i = 0; i < a->n_t; i++)
+    pgarr_add_str(&ids, a->t[i].id);
+  const char *params[1] = {pgarr_get(&ids)};
+  if (params[0] == NULL) {
+    pgarr_free(&ids);
+    return SK_ENOMEM;
+  }
+  PGresult *r = PQexecParams(c,
+                             "SELECT id::text, state::text FROM sagas "
+                             "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                             1, NULL, params, NULL, NULL, 0);
+  pgarr_free(&ids);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int rc = db_fail(c, r, "could not lock sagas", err);
+    PQclear(r);
+    return rc;
+  }
+  int rc = SK_OK;
+  for (int i = 0; i < PQntuples(r) && rc == SK_OK; i++) {
+    touched *t = touched_find(a, PQgetvalue(r, i, 0));
+    if (t == NULL)
+      continue;
+    saga_state_clear(&t->st);
+    rc = saga_state_from_json(PQgetvalue(r, i, 1), &t->st);
+    if (rc != SK_OK) {
+      sk_error_set(err, rc, "could not read the projection of saga %s",
+                   t->id);
+      break;
+    }
+    t->found = true;
+  }
+  PQclear(r);
+  return rc;
+}
+
+/* Step 2: fence results. An op whose task row is not deleted is stale. */
+static int fence_results(PGconn *c, store_batch *b, sk_error *err) {
+  pgarr s, st, k, tok;
+  pgarr_init(&s);
+  pgarr_init(&st);
+  pgarr_init(&k);
+  pgarr_init(&tok);
+  size_t n = 0;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_RESULT)
+      continue;
+    op->rc = SK_ELEASE; /* until the DELETE says otherwise */
+    pgarr_add_str(&s, op->lease.saga_id);
+    pgarr_add_i64(&st, op->lease.step);
+    pgarr_add_i64(&k, op->lease.kind);
+    pgarr_add_i64(&tok, op->lease.token);
+    n++;
+  }
+  int rc = SK_OK;
+  if (n > 0) {
+    const char *params[4] = {pgarr_get(&s), pgarr_get(&st), pgarr_get(&k),
+                             pgarr_get(&tok)};
+    if (!params[0] || !params[1] || !params[2] || !params[3]) {
+      rc = SK_ENOMEM;
+      goto done;
+    }
+    PGresult *r = PQexecParams(
+        c,
+        "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[], "
+        "$3::smallint[], $4::bigint[]) AS r(s, st, k, tok) "
+        "WHERE t.saga_id = r.s AND t.step = r.st AND t.kind = r.k "
+        "AND t.lease_token = r.tok "
+        "RETURNING t.saga_id::text, t.step, t.kind, t.lease_token",
+        4, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+      rc = db_fail(c, r, "could not fence task results", err);
+      PQclear(r);
+      goto done;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+      const char *sid = PQgetvalue(r, i, 0);
+      int step = atoi(PQgetvalue(r, i, 1));
+      int kind = atoi(PQgetvalue(r, i, 2));
+      long long token = atoll(PQgetvalue(r, i, 3));
+      for (size_t j = 0; j < b->n_ops; j++) {
+        store_op *op = &b->ops[j];
+        if (op->type == STORE_OP_RESULT && op->rc == SK_ELEASE &&
+            op->lease.step == step && (int)op->lease.kind == kind &&
+            op->lease.token == token && strcmp(op->lease.saga_id, sid) == 0) {
+          op->rc = SK_OK;
+          break;
+        }
+      }
+    }
+    PQclear(r);
+  }
+done:
+  pgarr_free(&s);
+  pgarr_free(&st);
+  pgarr_free(&k);
+  pgarr_free(&tok);
+  return rc;
+}
+
+/* Step 3: idempotency keys of starts. A key seen before turns the start
+ * into a lookup of the first saga. */
+static int claim_keys(PGconn *c, store_batch *b, sk_error *err) {
+  pgarr wf, key, id;
+  pgarr_init(&wf);
+  pgarr_init(&key);
+  pgarr_init(&id);
+  size_t n = 0;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_START || op->idempotency_key == NULL)
+      continue;
+    pgarr_add_str(&wf, op->wf->name);
+    pgarr_add_str(&key, op->idempotency_key);
+    pgarr_add_str(&id, op->saga_id);
+    op->existed = true; /* until the INSERT says it is ours */
+    n++;
+  }
+  int rc = SK_OK;
+  if (n == 0)
+    goto done;
+  const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
+  if (!params[0] || !params[1] || !params[2]) {
+    rc = SK_ENOMEM;
+    goto done;
+  }
+  PGresult *r = PQexecParams(
+      c,
+      "WITH ins AS (INSERT INTO saga_idempotency (workflow, key, saga_id) "
+      "  SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
+      "  ON CONFLICT DO NOTHING RETURNING workflow, key, saga_id) "
+      "SELECT u.w, u.k, coalesce(ins.saga_id, i.saga_id)::text, "
+      "       ins.saga_id IS NOT NULL, s.status "
+      "FROM unnest($1::text[], $2::text[]) AS u(w, k) "
+      "LEFT JOIN ins ON ins.workflow = u.w AND ins.key = u.k "
+      "LEFT JOIN saga_idempotency i ON i.workflow = u.w AND i.key = u.k "
+      "LEFT JOIN sagas s ON s.id = i.saga_id",
+      3, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    rc = db_fail(c, r, "could not record idempotency keys", err);
+    PQclear(r);
+    goto done;
+  }
+  /* Rows come back in unnest order; duplicates within the batch: the first
+   * occurrence inserted, later ones see "not inserted by us". */
+  size_t row = 0;
+  for (size_t i = 0; i < b->n_ops && row < (size_t)PQntuples(r); i++) {
+    store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_START || op->idempotency_key == NULL)
+      continue;
+    const char *sid = PQgetvalue(r, (int)row, 2);
+    bool inserted = PQgetvalue(r, (int)row, 3)[0] == 't' &&
+                    strcmp(sid, op->saga_id) == 0;
+    if (!inserted) {
+      snprintf(op->saga_id, sizeof(op->saga_id), "%s", sid);
+      if (!PQgetisnull(r, (int)row, 4))
+        saga_status_parse(PQgetvalue(r, (int)row, 4), &op->status);
+      else
+        op->status = SAGA_STATUS_RUNNING; /* started earlier in this batch */
+    }
+    op->existed = !inserted;
+    row++;
+  }
+  PQclear(r);
+done:
+  pgarr_free(&wf);
+  pgarr_free(&key);
+  pgarr_free(&id);
+  return rc;
+}
+
+/* ---- step 4: decisions ----------------------------------------------------- */
+
+static void add_event(writes *w, const char *saga_id, const saga_event *ev) {
+  pgarr_add_str(&w->ev_saga, saga_id);
+  pgarr_add_i64(&w->ev_seq, ev->seq);
+  pgarr_add_str(&w->ev_type, saga_event_name(ev->type));
+  if (ev->step >= 0)
+    pgarr_add_i64(&w->ev_step, ev->step);
+  else
+    pgarr_add_str(&w->ev_step, NULL);
+  if (ev->attempt > 0)
+    pgarr_add_i64(&w->ev_attempt, ev->attempt);
+  else
+    pgarr_add_str(&w->ev_attempt, NULL);
+  pgarr_add_str(&w->ev_node, ev->node);
+  pgarr_add_str(&w->ev_payload, ev->payload != NULL ? ev->payload : "{}");
+  pgarr_add_i64(&w->ev_ts, ev->ts_ms);
+  w->n_events++;
+}
+
+static void add_task(writes *w, const store_env *env, const saga_state *st,
+                     const saga_task *t) {
+  bool due = t->available_at_ms <= env->now_ms;
+  bool claim = due && env->claim != NULL && env->claim(env->ud, t);
+  pgarr_add_str(&w->tk_saga, st->id);
+  pgarr_add_i64(&w->tk_step, t->step);
+  pgarr_add_i64(&w->tk_kind, t->kind);
+  pgarr_add_i64(&w->tk_attempt, t->attempt);
+  pgarr_add_str(&w->tk_workflow, st->workflow);
+  pgarr_add_str(&w->tk_step_name, st->steps[t->step].name);
+  pgarr_add_str(&w->tk_action, def_kind_name(t->action));
+  pgarr_add_str(&w->tk_type, t->task_type != NULL ? t->task_type : "");
+  pgarr_add_str(&w->tk_bulkhead, t->bulkhead != NULL ? t->bulkhead : "default");
+  pgarr_add_i64(&w->tk_avail, t->available_at_ms);
+  pgarr_add_str(&w->tk_input, t->input != NULL ? t->input : "null");
+  pgarr_add_i64(&w->tk_timeout, t->timeout_ms);
+  pgarr_add_i64(&w->tk_gpus, t->gpus);
+  pgarr_add_i64(&w->tk_gpu_mem, t->gpu_memory_mb);
+  pgarr_add_bool(&w->tk_claim, claim);
+  w->n_tasks++;
+  if (claim) {
+    w->n_claims++;
+  } else if (due) {
+    w->notify = true;
+  } else if (w->next_due_ms == 0 || t->available_at_ms < w->next_due_ms) {
+    w->next_due_ms = t->available_at_ms;
+  }
+}
+
+/* Records a decision's writes and evolves the touched state through it. */
+static int take_decision(attempt *a, touched *t, const store_env *env,
+                         const saga_decision *d) {
+  for (size_t i = 0; i < d->n_events; i++)
+    add_event(&a->w, t->id, &d->events[i]);
+  int rc = saga_apply(&t->st, d);
+  if (rc != SK_OK)
+    return rc;
+  for (size_t i = 0; i < d->n_tasks; i++)
+    add_task(&a->w, env, &t->st, &d->tasks[i]);
+  if (d->cancel_step >= 0) {
+    pgarr_add_str(&a->w.cx_saga, t->id);
+    pgarr_add_i64(&a->w.cx_step, d->cancel_step);
+    a->w.n_cancels++;
+  }
+  t->dirty = true;
+  return SK_OK;
+}
+
+static int decide_start(attempt *a, store_op *op, const store_env *env) {
+  saga_decision d;
+  saga_decision_init(&d);
+  int rc = saga_decide_start(op->wf, op->saga_id, op->input,
+                             op->idempotency_key, op->replay_of, env->now_ms,
+                             env->rng, &d);
+  if (rc != SK_OK) {
+    saga_decision_clear(&d);
+    return rc;
+  }
+  /* The batch's touched array is sized for every op, so there is room. */
+  touched *t = &a->t[a->n_t];
+  memset(t, 0, sizeof(*t));
+  snprintf(t->id, sizeof(t->id), "%s", op->saga_id);
+  saga_state_init(&t->st);
+  t->is_new = true;
+  rc = take_decision(a, t, env, &d);
+  saga_decision_clear(&d);
+  if (rc == SK_OK) {
+    a->n_t++;
+    op->status = t->st.status;
+  } else {
+    saga_state_clear(&t->st);
+  }
+  return rc;
+}
+
+static touched *find_any(attempt *a, const char *id) {
+  touched *t = touched_find(a, id);
+  if (t != NULL)
+    return t;
+  /* Sagas started in this batch sit unsorted after the loaded ones. */
+  for (size_t i = a->n_loaded; i < a->n_t; i++)
+    if (strcmp(a->t[i].id, id) == 0)
+      return &a->t[i];
+  return NULL;
+}
+
+static int decide_existing(attempt *a, store_op *op, const store_env *env,
+                           PGconn *c) {
+  const char *id = op->type == STORE_OP_RESULT ? op->lease.saga_id
+                                               : op->saga_id;
+  touched *t = find_any(a, id);
+  if (t == NULL || (!t->found && !t->is_new))
+    return SK_ENOENT;
+  const def_workflow *wf =
+      env->get_def(env->ud, c, t->st.workflow, t->st.version);
+  if (wf == NULL) {
+    log_write(LOG_ERROR, "workflow definition not found", "saga_id", id,
+              "workflow", t->st.workflow, "#version", (int64_t)t->st.version,
+              NULL);
+    return SK_ENOENT;
+  }
+  saga_decision d;
+  saga_decision_init(&d);
+  int rc;
+  switch (op->type) {
+  case STORE_OP_RESULT: {
+    saga_result r = {.step = op->lease.step,
+                     .kind = op->lease.kind,
+                     .attempt = op->lease.attempt,
+                     .ok = op->ok,
+                     .output = op->output,
+                     .err_type = op->err_type,
+                     .err_message = op->err_message,
+                     .err_retryable = op->err_retryable,
+                     .node = env->node};
+    rc = saga_decide_result(wf, &t->st, &r, env->node, env->now_ms, env->rng,
+                            &d);
+    break;
+  }
+  case STORE_OP_CANCEL:
+    rc = saga_decide_cancel(wf, &t->st, op->reason, env->node, env->now_ms,
+                            env->rng, &d);
+    break;
+  case STORE_OP_REPLAY: {
+    saga_replay req = {.from_step = op->from_step,
+                       .step_input = op->step_input};
+    rc = saga_decide_replay(wf, &t->st, &req, env->node, env->now_ms,
+                            env->rng, &d);
+    break;
+  }
+  default:
+    rc = SK_EINTERNAL;
+  }
+  if (rc == SK_OK)
+    rc = take_decision(a, t, env, &d);
+  saga_decision_clear(&d);
+  op->status = t->st.status;
+  return rc;
+}
+
+static int decide_all(PGconn *c, store_batch *b, attempt *a,
+                      const store_env *env) {
+  for (size_t i = 0; i < b->n_ops; i++) {
+    store_op *op = &b->ops[i];
+    switch (op->type) {
+    case STORE_OP_START:
+      op->rc = op->existed ? SK_OK : decide_start(a, op, env);
+      break;
+    case STORE_OP_RESULT:
+      if (op->rc == SK_OK)
+        op->rc = decide_existing(a, op, env, c);
+      break;
+    case STORE_OP_CANCEL:
+    case STORE_OP_REPLAY:
+      op->rc = decide_existing(a, op, env, c);
+      break;
+    }
+    if (op->rc == SK_ENOMEM)
+      return SK_ENOMEM;
+  }
+  return writes_ok(&a->w) ? SK_OK : SK_ENOMEM;
+}
+
+/* ---- step 5: writes --------------------------------------------------------- */
+
+static int exec_params(PGconn *c, const char *sql, int n, const char **params,
+                       const char *what, sk_error *err) {
+  PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+  ExecStatusType s = PQresultStatus(r);
+  int rc = SK_OK;
+  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+    rc = db_fail(c, r, what, err);
+  PQclear(r);
+  return rc;
+}
+
+static int write_events(PGconn *c, writes *w, sk_error *err) {
+  if (w->n_events == 0)
+    return SK_OK;
+  const char *p[8] = {pgarr_get(&w->ev_saga),    pgarr_get(&w->ev_seq),
+                      pgarr_get(&w->ev_type),    pgarr_get(&w->ev_step),
+                      pgarr_get(&w->ev_attempt), pgarr_get(&w->ev_node),
+                      pgarr_get(&w->ev_payload), pgarr_get(&w->ev_ts)};
+  return exec_params(
+      c,
+      "INSERT INTO saga_events (saga_id, seq, type, step, attempt, node, "
+      "payload, created_at) "
+      "SELECT s, q, t, st, a, n, p::jsonb, to_timestamp(ts / 1000.0) "
+      "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], "
+      "$5::int[], $6::text[], $7::text[], $8::bigint[]) "
+      "AS u(s, q, t, st, a, n, p, ts)",
+      8, p, "could not append saga events", err);
+}
+
+static int write_projections(PGconn *c, attempt *a, sk_error *err) {
+  pgarr nid, nwf, nver, nstatus, nseq, nstate, ncreated, nupdated;
+  pgarr uid, ustatus, useq, ustate, uupdated;
+  pgarr *all[] = {&nid,  &nwf,    &nver,  &nstatus,  &nseq,
+                  &nstate, &ncreated, &nupdated, &uid, &ustatus,
+                  &useq, &ustate, &uupdated};
+  size_t nall = sizeof(all) / sizeof(all[0]);
+  for (size_t i = 0; i < nall; i++)
+    pgarr_init(all[i]);
+  size_t n_new = 0, n_upd = 0;
+  int rc = SK_OK;
+  for (size_t i = 0; i < a->n_t && rc == SK_OK; i++) {
+    touched *t = &a->t[i];
+    if (!t->dirty)
+      continue;
+    char *json = NULL;
+    rc = saga_state_to_json(&t->st, &json);
+    if (rc != SK_OK)
+      break;
+    if (t->is_new) {
+      pgarr_add_str(&nid, t->id);
+      pgarr_add_str(&nwf, t->st.workflow);
+      pgarr_add_i64(&nver, t->st.version);
+      pgarr_add_str(&nstatus, saga_status_name(t->st.status));
+      pgarr_add_i64(&nseq, t->st.last_seq);
+      pgarr_add_str(&nstate, json);
+      pgarr_add_i64(&ncreated, t->st.created_ms);
+      pgarr_add_i64(&nupdated, t->st.updated_ms);
+      n_new++;
+    } else {
+      pgarr_add_str(&uid, t->id);
+      pgarr_add_str(&ustatus, saga_status_name(t->st.status));
+      pgarr_add_i64(&useq, t->st.last_seq);
+      pgarr_add_str(&ustate, json);
+      pgarr_add_i64(&uupdated, t->st.updated_ms);
+      n_upd++;
+    }
+    free(json);
+  }
+  if (rc == SK_OK && n_new > 0) {
+    const char *p[8] = {pgarr_get(&nid),    pgarr_get(&nwf),
+                        pgarr_get(&nver),   pgarr_get(&nstatus),
+                        pgarr_get(&nseq),   pgarr_get(&nstate),
+                        pgarr_get(&ncreated), pgarr_get(&nupdated)};
+    rc = exec_params(
+        c,
+        "INSERT INTO sagas (id, workflow, version, status, last_seq, state, "
+        "created_at, updated_at) "
+        "SELECT i, w, v, s, q, st::jsonb, to_timestamp(c / 1000.0), "
+        "to_timestamp(u / 1000.0) "
+        "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], "
+        "$5::bigint[], $6::text[], $7::bigint[], $8::bigint[]) "
+        "AS x(i, w, v, s, q, st, c, u)",
+        8, p, "could not insert sagas", err);
+  }
+  if (rc == SK_OK && n_upd > 0) {
+    const char *p[5] = {pgarr_get(&uid), pgarr_get(&ustatus),
+                        pgarr_get(&useq), pgarr_get(&ustate),
+                        pgarr_get(&uupdated)};
+    rc = exec_params(
+        c,
+        "UPDATE sagas s SET status = x.st, last_seq = x.q, "
+        "state = x.j::jsonb, updated_at = to_timestamp(x.u / 1000.0) "
+        "FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], "
+        "$5::bigint[]) AS x(i, st, q, j, u) WHERE s.id = x.i",
+        5, p, "could not update sagas", err);
+  }
+  for (size_t i = 0; i < nall; i++)
+    pgarr_free(all[i]);
+  return rc;
+}
+
+static int parse_kind(const char *s, def_kind *out) {
+  if (strcmp(s, "task") == 0)
+    *out = DEF_KIND_TASK;
+  else if (strcmp(s, "sleep") == 0)
+    *out = DEF_KIND_SLEEP;
+  else if (strcmp(s, "http") == 0)
+    *out = DEF_KIND_HTTP;
+  else
+    return SK_EINVAL;
+  return SK_OK;
+}
+
+int sagastore_read_task_row(const PGresult *r, int row, leased_task *t) {
+  memset(t, 0, sizeof(*t));
+  snprintf(t->lease.saga_id, sizeof(t->lease.saga_id), "%s",
+           PQgetvalue(r, row, 0));
+  t->lease.step = atoi(PQgetvalue(r, row, 1));
+  t->lease.kind = (task_kind)atoi(PQgetvalue(r, row, 2));
+  t->lease.attempt = atoi(PQgetvalue(r, row, 3));
+  t->lease.token = atoll(PQgetvalue(r, row, 4));
+  t->workflow = strdup(PQgetvalue(r, row, 5));
+  t->step_name = strdup(PQgetvalue(r, row, 6));
+  if (parse_kind(PQgetvalue(r, row, 7), &t->action) != SK_OK)
+    t->action = DEF_KIND_TASK;
+  t->task_type = strdup(PQgetvalue(r, row, 8));
+  t->bulkhead = strdup(PQgetvalue(r, row, 9));
+  t->input = strdup(PQgetvalue(r, row, 10));
+  t->timeout_ms = atoll(PQgetvalue(r, row, 11));
+  t->deliveries = atoi(PQgetvalue(r, row, 12));
+  t->cancel_requested = PQgetvalue(r, row, 13)[0] == 't';
+  if (!t->workflow || !t->step_name || !t->task_type || !t->bulkhead ||
+      !t->input) {
+    leased_task_clear(t);
+    return SK_ENOMEM;
+  }
+  return SK_OK;
+}
+
+static int write_tasks(PGconn *c, store_batch *b, writes *w,
+                       const store_env *env, sk_error *err) {
+  if (w->n_tasks == 0)
+    return SK_OK;
+  char node_ttl[32];
+  snprintf(node_ttl, sizeof(node_ttl), "%d", env->lease_ttl_ms);
+  const char *p[17] = {
+      pgarr_get(&w->tk_saga),     pgarr_get(&w->tk_step),
+      pgarr_get(&w->tk_kind),     pgarr_get(&w->tk_attempt),
+      pgarr_get(&w->tk_workflow), pgarr_get(&w->tk_step_name),
+      pgarr_get(&w->tk_action),   pgarr_get(&w->tk_type),
+      pgarr_get(&w->tk_bulkhead), pgarr_get(&w->tk_avail),
+      pgarr_get(&w->tk_input),    pgarr_get(&w->tk_timeout),
+      pgarr_get(&w->tk_gpus),     pgarr_get(&w->tk_gpu_mem),
+      pgarr_get(&w->tk_claim),    env->node,
+      node_ttl};
+  PGresult *r = PQexecParams(
+      c,
+      "INSERT INTO tasks AS t (saga_id, step, kind, attempt, workflow, "
+      "step_name, action, task_type, bulkhead, available_at, input, "
+      "timeout_ms, gpus, gpu_memory_mb, lease_owner, lease_token, leased_at, "
+      "deliveries) "
+      "SELECT s, st, k, a, w, sn, ac, ty, bh, "
+      "  CASE WHEN cl THEN now() + make_interval(secs => $17::int / 1000.0) "
+      "       ELSE to_timestamp(av / 1000.0) END, "
+      "  i::jsonb, tm, g, gm, "
+      "  CASE WHEN cl THEN $16 END, "
+      "  CASE WHEN cl THEN nextval('lease_token_seq') END, "
+      "  CASE WHEN cl THEN now() END, "
+      "  CASE WHEN cl THEN 1 ELSE 0 END "
+      "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::int[], "
+      "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
+      "$10::bigint[], $11::text[], $12::bigint[], $13::int[], $14::bigint[], "
+      "$15::bool[]) AS x(s, st, k, a, w, sn, ac, ty, bh, av, i, tm, g, gm, cl) "
+      "ON CONFLICT (saga_id, step, kind) DO UPDATE SET "
+      "  attempt = excluded.attempt, action = excluded.action, "
+      "  task_type = excluded.task_type, bulkhead = excluded.bulkhead, "
+      "  available_at = excluded.available_at, input = excluded.input, "
+      "  timeout_ms = excluded.timeout_ms, lease_owner = excluded.lease_owner, "
+      "  lease_token = excluded.lease_token, leased_at = excluded.leased_at, "
+      "  deliveries = excluded.deliveries, cancel_requested = false "
+      "RETURNING " SAGASTORE_TASK_COLUMNS ", "
+      "  t.lease_owner = $16 AND t.lease_token IS NOT NULL",
+      17, NULL, p, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int rc = db_fail(c, r, "could not enqueue tasks", err);
+    PQclear(r);
+    return rc;
+  }
+  int rc = SK_OK;
+  int n = PQntuples(r);
+  if (w->n_claims > 0) {
+    b->claimed = calloc(w->n_claims, sizeof(leased_task));
+    if (b->claimed == NULL)
+      rc = SK_ENOMEM;
+  }
+  for (int i = 0; i < n && rc == SK_OK; i++) {
+    if (PQgetvalue(r, i, 14)[0] != 't')
+      continue;
+    if (b->n_claimed >= w->n_claims)
+      break;
+    rc = sagastore_read_task_row(r, i, &b->claimed[b->n_claimed]);
+    if (rc == SK_OK)
+      b->n_claimed++;
+  }
+  PQclear(r);
+  return rc;
+}
+
+static int write_cancels(PGconn *c, writes *w, sk_error *err) {
+  if (w->n_cancels == 0)
+    return SK_OK;
+  const char *p[2] = {pgarr_get(&w->cx_saga), pgarr_get(&w->cx_step)};
+  /* An unleased task (waiting out a backoff) becomes due now so a node
+   * picks it up, sees the flag and reports it cancelled at once. */
+  int rc = exec_params(
+      c,
+      "UPDATE tasks t SET cancel_requested = true, "
+      "available_at = CASE WHEN t.lease_token IS NULL THEN now() "
+      "ELSE t.available_at END "
+      "FROM unnest($1::uuid[], $2::int[]) AS x(s, st) "
+      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = 0",
+      2, p, "could not mark tasks cancelled", err);
+  w->notify = true;
+  return rc;
+}
+
+static int write_all(PGconn *c, store_batch *b, attempt *a,
+                     const store_env *env, sk_error *err) {
+  int rc = write_events(c, &a->w, err);
+  if (rc == SK_OK)
+    rc = write_projections(c, a, err);
+  if (rc == SK_OK)
+    rc = write_tasks(c, b, &a->w, env, err);
+  if (rc == SK_OK)
+    rc = write_cancels(c, &a->w, err);
+  if (rc == SK_OK && a->w.notify)
+    rc = db_exec(c, "NOTIFY " SAGASTORE_NOTIFY_CHANNEL, err);
+  return rc;
+}
+
+/* ---- the transaction ------------------------------------------------------- */
+
+static void reset_outputs(store_batch *b) {
+  store_batch_clear_out(b);
+  b->next_due_ms = 0;
+  b->n_events = 0;
+  b->n_fenced = 0;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    b->ops[i].rc = SK_OK;
+    b->ops[i].existed = false;
+  }
+}
+
+static int commit_once(PGconn *c, store_batch *b, const store_env *env,
+                       sk_error *err) {
+  attempt a;
+  memset(&a, 0, sizeof(a));
+  writes_init(&a.w);
+  reset_outputs(b);
+  if (env->claims_reset != NULL)
+    env->claims_reset(env->ud);
+  int rc = collect_touched(b, &a);
+  if (rc == SK_OK)
+    rc = db_exec(c, "BEGIN", err);
+  if (rc == SK_OK)
+    rc = lock_sagas(c, &a, err);
+  if (rc == SK_OK)
+    rc = fence_results(c, b, err);
+  if (rc == SK_OK)
+    rc = claim_keys(c, b, err);
+  if (rc == SK_OK)
+    rc = decide_all(c, b, &a, env);
+  if (rc == SK_OK)
+    rc = write_all(c, b, &a, env, err);
+  if (rc == SK_OK)
+    rc = db_exec(c, "COMMIT", err);
+  if (rc != SK_OK) {
+    if (PQstatus(c) == CONNECTION_OK)
+      db_exec(c, "ROLLBACK", NULL);
+    store_batch_clear_out(b);
+  } else {
+    b->n_events = a.w.n_events;
+    b->next_due_ms = a.w.next_due_ms;
+    for (size_t i = 0; i < b->n_ops; i++)
+      if (b->ops[i].rc == SK_ELEASE)
+        b->n_fenced++;
+  }
+  if (rc == SK_ENOMEM)
+    sk_error_set(err, rc, "out of memory in group commit");
+  attempt_free(&a);
+  return rc;
+}
+
+int sagastore_commit(PGconn *c, store_batch *b, const store_env *env,
+                     sk_error *err) {
+  int rc = SK_OK;
+  for (b->attempts = 1; b->attempts <= COMMIT_MAX_TRIES; b->attempts++) {
+    sk_error e = {0};
+    rc = commit_once(c, b, env, &e);
+    if (rc == SK_OK)
+      return SK_OK;
+    if (err != NULL)
+      *err = e;
+    /* Only transient SQL errors on a live connection are retried here;
+     * a broken connection is the caller's to re-establish. */
+    if (rc != SK_EDB || !db_sqlstate_transient(e.sqlstate) ||
+        PQstatus(c) != CONNECTION_OK)
+      break;
+    log_write(LOG_WARNING, "group commit hit a transient error, retrying",
+              "sqlstate", e.sqlstate, "#attempt", (int64_t)b->attempts, NULL);
+  }
+  return rc;
+}

@@ -1,0 +1,214 @@
+/*
+ * taskqueue.c — dequeue, renew and release of task leases (taskqueue.h).
+ *
+ * All lanes of one dequeue run in one statement: each lane is a LATERAL
+ * subquery with its own LIMIT and FOR UPDATE SKIP LOCKED over the index
+ * tasks_ready (bulkhead, available_at), so the cost is proportional to what
+ * is leased, not to the backlog, which stays durable in the table.
+ *
+ * Thread: the caller's; the connection belongs to the call.
+ */
+#include "store/taskqueue.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/db.h"
+
+/* Lanes travel as parallel arrays; a lane's types are a comma-joined,
+ * array-literal string so that one statement serves every lane. */
+typedef struct lane_params {
+  pgarr bulkhead, types, sleeps, limits;
+} lane_params;
+
+static int build_lanes(const dequeue_lane *lanes, size_t n, lane_params *p) {
+  pgarr_init(&p->bulkhead);
+  pgarr_init(&p->types);
+  pgarr_init(&p->sleeps);
+  pgarr_init(&p->limits);
+  for (size_t i = 0; i < n; i++) {
+    pgarr t;
+    pgarr_init(&t);
+    for (size_t j = 0; j < lanes[i].n_types; j++)
+      pgarr_add_str(&t, lanes[i].types[j]);
+    const char *lit = pgarr_get(&t);
+    pgarr_add_str(&p->bulkhead, lanes[i].bulkhead);
+    pgarr_add_str(&p->types, lit != NULL ? lit : "{}");
+    pgarr_add_bool(&p->sleeps, lanes[i].sleeps);
+    pgarr_add_i64(&p->limits, lanes[i].limit);
+    pgarr_free(&t);
+    if (lit == NULL)
+      return SK_ENOMEM;
+  }
+  if (!pgarr_get(&p->bulkhead) || !pgarr_get(&p->types) ||
+      !pgarr_get(&p->sleeps) || !pgarr_get(&p->limits))
+    return SK_ENOMEM;
+  return SK_OK;
+}
+
+static void free_lanes(lane_params *p) {
+  pgarr_free(&p->bulkhead);
+  pgarr_free(&p->types);
+  pgarr_free(&p->sleeps);
+  pgarr_free(&p->limits);
+}
+
+int taskqueue_dequeue(PGconn *c, const char *node, int lease_ttl_ms,
+                      const dequeue_lane *lanes, size_t n_lanes,
+                      leased_task **out, size_t *n_out, sk_error *err) {
+  *out = NULL;
+  *n_out = 0;
+  if (n_lanes == 0)
+    return SK_OK;
+  lane_params lp;
+  int rc = build_lanes(lanes, n_lanes, &lp);
+  if (rc != SK_OK) {
+    free_lanes(&lp);
+    return sk_error_set(err, rc, NULL);
+  }
+  char ttl[32];
+  snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
+  const char *params[6] = {pgarr_get(&lp.bulkhead), pgarr_get(&lp.types),
+                           pgarr_get(&lp.sleeps),   pgarr_get(&lp.limits),
+                           node,                    ttl};
+  PGresult *r = PQexecParams(
+      c,
+      "WITH lanes AS (SELECT * FROM unnest($1::text[], $2::text[], "
+      "  $3::bool[], $4::int[]) AS l(bh, types, sleeps, lim)), "
+      "picked AS (SELECT p.saga_id, p.step, p.kind FROM lanes, LATERAL ("
+      "  SELECT saga_id, step, kind FROM tasks "
+      "  WHERE ((NOT lanes.sleeps AND bulkhead = lanes.bh AND action = 'task' "
+      "          AND task_type = ANY(lanes.types::text[])) "
+      "      OR (lanes.sleeps AND action = 'sleep')) "
+      "    AND available_at <= now() "
+      "  ORDER BY available_at LIMIT lanes.lim FOR UPDATE SKIP LOCKED) p) "
+      "UPDATE tasks t SET lease_owner = $5, "
+      "  lease_token = nextval('lease_token_seq'), leased_at = now(), "
+      "  available_at = now() + make_interval(secs => $6::int / 1000.0), "
+      "  deliveries = t.deliveries + 1 "
+      "FROM picked WHERE t.saga_id = picked.saga_id AND t.step = picked.step "
+      "  AND t.kind = picked.kind "
+      "RETURNING " SAGASTORE_TASK_COLUMNS,
+      6, NULL, params, NULL, NULL, 0);
+  free_lanes(&lp);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    rc = db_fail(c, r, "could not lease tasks", err);
+    PQclear(r);
+    return rc;
+  }
+  int n = PQntuples(r);
+  if (n > 0) {
+    *out = calloc((size_t)n, sizeof(leased_task));
+    if (*out == NULL) {
+      PQclear(r);
+      return sk_error_set(err, SK_ENOMEM, NULL);
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    rc = sagastore_read_task_row(r, i, &(*out)[*n_out]);
+    if (rc != SK_OK)
+      break;
+    (*n_out)++;
+  }
+  PQclear(r);
+  /* Rows leased but not read (OOM) expire like a crashed node's. */
+  return rc == SK_OK ? SK_OK : sk_error_set(err, rc, NULL);
+}
+
+static int lease_arrays(const store_lease *l, size_t n, pgarr a[4]) {
+  for (int i = 0; i < 4; i++)
+    pgarr_init(&a[i]);
+  for (size_t i = 0; i < n; i++) {
+    pgarr_add_str(&a[0], l[i].saga_id);
+    pgarr_add_i64(&a[1], l[i].step);
+    pgarr_add_i64(&a[2], l[i].kind);
+    pgarr_add_i64(&a[3], l[i].token);
+  }
+  for (int i = 0; i < 4; i++)
+    if (pgarr_get(&a[i]) == NULL)
+      return SK_ENOMEM;
+  return SK_OK;
+}
+
+static void lease_arrays_free(pgarr a[4]) {
+  for (int i = 0; i < 4; i++)
+    pgarr_free(&a[i]);
+}
+
+int taskqueue_renew(PGconn *c, const store_lease *leases, size_t n,
+                    int lease_ttl_ms, bool *lost, bool *cancel, sk_error *err) {
+  for (size_t i = 0; i < n; i++) {
+    lost[i] = true;
+    cancel[i] = false;
+  }
+  if (n == 0)
+    return SK_OK;
+  pgarr a[4];
+  int rc = lease_arrays(leases, n, a);
+  if (rc != SK_OK) {
+    lease_arrays_free(a);
+    return sk_error_set(err, rc, NULL);
+  }
+  char ttl[32];
+  snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
+  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
+                           pgarr_get(&a[2]), pgarr_get(&a[3]), ttl};
+  PGresult *r = PQexecParams(
+      c,
+      "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], "
+      "  $4::bigint[]) WITH ORDINALITY AS x(s, st, k, tok, ord)), "
+      "u AS (UPDATE tasks t SET available_at = now() + "
+      "  make_interval(secs => $5::int / 1000.0) FROM x "
+      "  WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = x.k "
+      "  AND t.lease_token = x.tok RETURNING x.ord, t.cancel_requested) "
+      "SELECT ord, cancel_requested FROM u",
+      5, NULL, params, NULL, NULL, 0);
+  lease_arrays_free(a);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    rc = db_fail(c, r, "could not renew leases", err);
+    PQclear(r);
+    return rc;
+  }
+  for (int i = 0; i < PQntuples(r); i++) {
+    long ord = atol(PQgetvalue(r, i, 0));
+    if (ord < 1 || (size_t)ord > n)
+      continue;
+    lost[ord - 1] = false;
+    cancel[ord - 1] = PQgetvalue(r, i, 1)[0] == 't';
+  }
+  PQclear(r);
+  return SK_OK;
+}
+
+int taskqueue_release(PGconn *c, const store_lease *leases, size_t n,
+                      sk_error *err) {
+  if (n == 0)
+    return SK_OK;
+  pgarr a[4];
+  int rc = lease_arrays(leases, n, a);
+  if (rc != SK_OK) {
+    lease_arrays_free(a);
+    return sk_error_set(err, rc, NULL);
+  }
+  const char *params[4] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
+                           pgarr_get(&a[2]), pgarr_get(&a[3])};
+  /* The token stays: a late result from this lease is still fenced once
+   * another node leases the task with a new token; until then nobody holds
+   * it, and it is due at once. */
+  PGresult *r = PQexecParams(
+      c,
+      "UPDATE tasks t SET available_at = now(), lease_owner = NULL "
+      "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::bigint[]) "
+      "AS x(s, st, k, tok) WHERE t.saga_id = x.s AND t.step = x.st "
+      "AND t.kind = x.k AND t.lease_token = x.tok",
+      4, NULL, params, NULL, NULL, 0);
+  lease_arrays_free(a);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    rc = db_fail(c, r, "could not release leases", err);
+    PQclear(r);
+    return rc;
+  }
+  PQclear(r);
+  return SK_OK;
+}

@@ -1,0 +1,50 @@
+/*
+ * taskqueue.h — leasing tasks from the ready queue, renewing and handing
+ * back leases.
+ *
+ * A dequeue asks for at most `limit` due tasks per lane (a bulkhead and the
+ * task types this node can run there now), locking candidates with
+ * FOR UPDATE SKIP LOCKED so concurrent nodes never block on or double-lease
+ * a row. Leasing sets a fresh token from lease_token_seq and moves
+ * available_at to the lease expiry: when a node dies, its tasks simply
+ * become due again for everyone.
+ *
+ * Thread: the caller's; the connection belongs to the call.
+ */
+#ifndef SKALD_STORE_TASKQUEUE_H
+#define SKALD_STORE_TASKQUEUE_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/err.h"
+#include "store/sagastore.h"
+
+typedef struct dequeue_lane {
+  const char *bulkhead;        /* NULL with sleeps = any bulkhead */
+  const char *const *types;    /* task types runnable here (action task) */
+  size_t n_types;
+  bool sleeps;                 /* lease due sleep tasks instead of types */
+  int limit;
+} dequeue_lane;
+
+/* Leases due tasks for `node` for lease_ttl_ms. *out (malloc'd, *n_out
+ * entries) is the caller's; free each with leased_task_clear, then free().
+ * Errors: SK_EDB, SK_ENOMEM. */
+int taskqueue_dequeue(PGconn *conn, const char *node, int lease_ttl_ms,
+                      const dequeue_lane *lanes, size_t n_lanes,
+                      leased_task **out, size_t *n_out, sk_error *err);
+
+/* Extends the leases still held (token matches) by lease_ttl_ms. For each
+ * lease, lost[i] is set when it is no longer held and cancel[i] when the
+ * task was asked to stop. Errors: SK_EDB, SK_ENOMEM. */
+int taskqueue_renew(PGconn *conn, const store_lease *leases, size_t n,
+                    int lease_ttl_ms, bool *lost, bool *cancel, sk_error *err);
+
+/* Hands leases back: the tasks become due at once for any node (a graceful
+ * shutdown does this for work it did not start). */
+int taskqueue_release(PGconn *conn, const store_lease *leases, size_t n,
+                      sk_error *err);
+
+#endif /* SKALD_STORE_TASKQUEUE_H */
