@@ -268,6 +268,10 @@ static void commit_succeeded(struct sk_engine *e, commit_work *w) {
   pthread_mutex_unlock(&e->mu);
   for (size_t i = 0; i < b->n_claimed; i++)
     dispatch(e, &b->claimed[i]);
+  /* Due work we could not claim is in the queue now: ask for it without
+   * waiting for our own NOTIFY to come back. */
+  if (b->n_unclaimed_due > 0)
+    e->dequeue_wanted = true;
   if (b->next_due_ms > 0 &&
       (e->due_at_ms == 0 || b->next_due_ms < e->due_at_ms)) {
     int64_t delay = b->next_due_ms - clock_now_ms();
@@ -431,6 +435,7 @@ typedef struct dequeue_work {
   const char **types;     /* shared by every task lane */
   size_t n_types;
   const char **probe;     /* half-open types, one lane each */
+  int task_capacity;      /* sum of the task lanes' limits */
   leased_task *got;
   size_t n_got;
   int rc;
@@ -464,11 +469,17 @@ static void dequeue_after(uv_work_t *req, int status) {
     log_write(LOG_ERROR, "could not lease tasks", "error", w->err.message,
               "sqlstate", w->err.sqlstate, NULL);
   } else {
-    /* A full lane means more may be waiting: ask again once slots free. */
-    int total = 0;
-    for (size_t i = 0; i < w->n_lanes; i++)
-      total += w->lanes[i].limit;
-    if ((int)w->n_got >= total && w->n_got > 0)
+    /* Full task lanes (or a full sleep lane) mean more may be waiting: ask
+     * again as soon as slots free up. */
+    int tasks = 0, sleeps = 0;
+    for (size_t i = 0; i < w->n_got; i++) {
+      if (w->got[i].action == DEF_KIND_SLEEP)
+        sleeps++;
+      else
+        tasks++;
+    }
+    if ((w->task_capacity > 0 && tasks >= w->task_capacity) ||
+        sleeps >= SLEEP_LANE_LIMIT)
       e->dequeue_wanted = true;
     for (size_t i = 0; i < w->n_got; i++)
       dispatch(e, &w->got[i]);
@@ -500,24 +511,33 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
     int free_slots = bh->concurrency - (int)pool_load(bh->pool) - bh->reserved;
     if (free_slots <= 0)
       continue;
-    if (w->n_types > 0)
+    if (w->n_types > 0) {
       w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
                                               .types = w->types,
                                               .n_types = w->n_types,
                                               .limit = free_slots};
-    for (size_t k = 0; k < n_probe; k++)
+      w->task_capacity += free_slots;
+    }
+    for (size_t k = 0; k < n_probe; k++) {
       w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
                                               .types = &w->probe[k],
                                               .n_types = 1,
                                               .limit = 1};
+      w->task_capacity++;
+    }
   }
   w->lanes[w->n_lanes++] =
       (dequeue_lane){.sleeps = true, .limit = SLEEP_LANE_LIMIT};
   return true;
 }
 
-static void maybe_dequeue(struct sk_engine *e) {
-  if (e->dequeue_busy || !e->dequeue_wanted ||
+/* Leases due tasks when they are wanted and slots are free. With every slot
+ * busy (or promised to a commit's claims) the wish is kept, not spent: the
+ * next freed slot or finished commit calls this again. `force` (the poll
+ * timer) also runs a sleeps-only dequeue, so durable timers come due even
+ * on a node whose workers are all busy. */
+static void dequeue_if(struct sk_engine *e, bool force) {
+  if (e->dequeue_busy || !(e->dequeue_wanted || force) ||
       atomic_load(&e->state) != ENGINE_STATE_RUNNING)
     return;
   dequeue_work *w = calloc(1, sizeof(*w));
@@ -529,7 +549,12 @@ static void maybe_dequeue(struct sk_engine *e) {
     dequeue_work_free(w);
     return;
   }
-  e->dequeue_wanted = false;
+  if (w->task_capacity == 0 && !force) {
+    dequeue_work_free(w);
+    return;
+  }
+  if (w->task_capacity > 0)
+    e->dequeue_wanted = false;
   e->dequeue_busy = true;
   if (uv_queue_work(&e->loop, &w->req, dequeue_work_fn, dequeue_after) != 0) {
     e->dequeue_busy = false;
@@ -537,6 +562,8 @@ static void maybe_dequeue(struct sk_engine *e) {
     dequeue_work_free(w);
   }
 }
+
+static void maybe_dequeue(struct sk_engine *e) { dequeue_if(e, false); }
 
 /* ---- lease renewal, heartbeat, release ---------------------------------- */
 
@@ -689,7 +716,7 @@ static void watchdog_cb(uv_timer_t *t) {
 static void poll_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
   e->dequeue_wanted = true;
-  maybe_dequeue(e);
+  dequeue_if(e, true);
 }
 
 static void due_cb(uv_timer_t *t) {

@@ -145,7 +145,8 @@ static const char *tmpl_step_output(void *ud, const char *name) {
   return k >= 0 ? view_output(d, k) : NULL;
 }
 
-/* ---- building events ---------------------------------------------------------- */
+/* ---- building events
+ * ---------------------------------------------------------- */
 
 static bool grow(void **arr, size_t *cap, size_t n, size_t size) {
   if (n < *cap)
@@ -227,7 +228,8 @@ static cJSON *err_json(const serr *e) {
 
 static int emit_err(dctx *d, saga_event_type type, int step, int attempt,
                     const char *key, const serr *e) {
-  return emit(d, type, step, attempt, add(cJSON_CreateObject(), key, err_json(e)));
+  return emit(d, type, step, attempt,
+              add(cJSON_CreateObject(), key, err_json(e)));
 }
 
 static int emit_failed(dctx *d, saga_event_type type, int step, int attempt,
@@ -242,7 +244,8 @@ static int emit_at(dctx *d, saga_event_type type, int step, int attempt,
               add(cJSON_CreateObject(), "available_at_ms", json_num(at)));
 }
 
-/* ---- rendering task inputs ---------------------------------------------------------- */
+/* ---- rendering task inputs
+ * ---------------------------------------------------------- */
 
 static int render(dctx *d, const char *tmpl, int attempt, char **out) {
   template_ctx c = {.saga_id = d->st->id,
@@ -339,7 +342,8 @@ static int build_task(dctx *d, int i, task_kind kind, int attempt,
   t->available_at_ms =
       a->kind == DEF_KIND_SLEEP ? sat_add(base_at, a->sleep_ms) : base_at;
   t->timeout_ms = def_effective_timeout(d->wf, s, !fwd);
-  if (fwd && d->st->deadline_ms > 0 && d->st->deadline_ms - d->now < t->timeout_ms)
+  if (fwd && d->st->deadline_ms > 0 &&
+      d->st->deadline_ms - d->now < t->timeout_ms)
     t->timeout_ms = d->st->deadline_ms - d->now;
   t->gpus = fwd ? s->gpus : 0;
   t->gpu_memory_mb = fwd ? s->gpu_memory_mb : 0;
@@ -347,14 +351,15 @@ static int build_task(dctx *d, int i, task_kind kind, int attempt,
    * attempt of that step (the state keeps it in input_override). */
   const char *override = NULL;
   if (fwd)
-    override = i == d->reset_from ? d->replay_input
-                                  : d->st->steps[i].input_override;
+    override =
+        i == d->reset_from ? d->replay_input : d->st->steps[i].input_override;
   int rc;
   if (override != NULL)
     rc = (t->input = strdup(override)) != NULL ? SK_OK : SK_ENOMEM;
   else
     rc = task_input(d, i, kind, a, attempt, &t->input);
-  t->task_type = strdup(a->kind == DEF_KIND_TASK && a->task_type ? a->task_type : "");
+  t->task_type =
+      strdup(a->kind == DEF_KIND_TASK && a->task_type ? a->task_type : "");
   t->bulkhead = strdup(def_step_bulkhead(s));
   if (rc == SK_OK && (t->task_type == NULL || t->bulkhead == NULL))
     rc = SK_ENOMEM;
@@ -363,7 +368,8 @@ static int build_task(dctx *d, int i, task_kind kind, int attempt,
   return rc;
 }
 
-/* ---- compensation ------------------------------------------------------------------- */
+/* ---- compensation
+ * ------------------------------------------------------------------- */
 
 static bool has_comp(const dctx *d, int k) {
   return d->wf->steps[k].compensate != NULL;
@@ -431,7 +437,9 @@ static int compensate_cancelled(dctx *d, const char *why, int failed) {
   return start_compensating(d, &e, failed);
 }
 
-/* ---- forward ---------------------------------------------------------------------------- */
+/* ---- forward
+ * ----------------------------------------------------------------------------
+ */
 
 /* Step i failed for good (attempt 0: before it was ever scheduled). */
 static int fail_final(dctx *d, int i, int attempt, const serr *e) {
@@ -458,7 +466,8 @@ static int schedule_forward(dctx *d, int i) {
   }
   if (rc != SK_OK)
     return rc;
-  if ((rc = emit_at(d, SAGA_EV_STEP_SCHEDULED, i, 1, t.available_at_ms)) != SK_OK) {
+  if ((rc = emit_at(d, SAGA_EV_STEP_SCHEDULED, i, 1, t.available_at_ms)) !=
+      SK_OK) {
     saga_task_clear(&t);
     return rc;
   }
@@ -497,8 +506,8 @@ static int forward_ok(dctx *d, const saga_result *r) {
   return complete_saga(d);
 }
 
-static int emit_retry(dctx *d, saga_task *t, const serr *e, saga_event_type failed_type,
-                      int64_t at, int64_t delay) {
+static int emit_retry(dctx *d, saga_task *t, const serr *e,
+                      saga_event_type failed_type, int64_t at, int64_t delay) {
   int rc = emit_failed(d, failed_type, t->step, t->attempt - 1, e, false);
   cJSON *p = add(cJSON_CreateObject(), "kind",
                  cJSON_CreateString(task_kind_name(t->kind)));
@@ -549,7 +558,8 @@ static int forward_failed(dctx *d, const saga_result *r, const serr *e0) {
   return emit_retry(d, &t, &e, SAGA_EV_STEP_FAILED, at, delay);
 }
 
-/* ---- compensation results ------------------------------------------------------------------ */
+/* ---- compensation results
+ * ------------------------------------------------------------------ */
 
 static int comp_ok(dctx *d, const saga_result *r) {
   cJSON *out = json_parse(r->output);
@@ -582,7 +592,8 @@ static int comp_failed(dctx *d, const saga_result *r, const serr *e) {
   return emit_retry(d, &t, e, SAGA_EV_COMPENSATION_FAILED, at, delay);
 }
 
-/* ---- entry points ------------------------------------------------------------------------- */
+/* ---- entry points
+ * ------------------------------------------------------------------------- */
 
 /* Refuses definitions this decider cannot run yet. */
 static int check_supported(const def_workflow *wf) {
@@ -611,8 +622,8 @@ static int finish(saga_decision *out, int rc) {
   return rc;
 }
 
-static int start_payload(const def_workflow *wf, const char *id,
-                         cJSON *input, const char *key, const char *replay_of,
+static int start_payload(const def_workflow *wf, const char *id, cJSON *input,
+                         const char *key, const char *replay_of,
                          int64_t deadline, cJSON **out) {
   cJSON *names = cJSON_CreateArray();
   for (size_t i = 0; i < wf->n_steps && names != NULL; i++) {
@@ -781,8 +792,8 @@ static int replay_paused(dctx *d, const saga_replay *req) {
 }
 
 int saga_decide_replay(const def_workflow *wf, const saga_state *st,
-                       const saga_replay *req, const char *node,
-                       int64_t now_ms, saga_rng *rng, saga_decision *out) {
+                       const saga_replay *req, const char *node, int64_t now_ms,
+                       saga_rng *rng, saga_decision *out) {
   saga_decision_init(out);
   int rc = check_pair(wf, st);
   if (rc != SK_OK)
@@ -796,8 +807,8 @@ int saga_decide_replay(const def_workflow *wf, const saga_state *st,
   return SK_ESTATE;
 }
 
-int saga_decide_link(const saga_state *st, const char *new_id,
-                     const char *node, int64_t now_ms, saga_decision *out) {
+int saga_decide_link(const saga_state *st, const char *new_id, const char *node,
+                     int64_t now_ms, saga_decision *out) {
   saga_decision_init(out);
   if (st == NULL || new_id == NULL || st->workflow == NULL)
     return SK_EINVAL;
@@ -809,8 +820,8 @@ int saga_decide_link(const saga_state *st, const char *new_id,
   d.node = node;
   d.now = now_ms;
   d.out = out;
-  int rc = emit(&d, SAGA_EV_REPLAY_LINKED, -1, 0,
-                add(cJSON_CreateObject(), "replayed_by",
-                    cJSON_CreateString(new_id)));
+  int rc = emit(
+      &d, SAGA_EV_REPLAY_LINKED, -1, 0,
+      add(cJSON_CreateObject(), "replayed_by", cJSON_CreateString(new_id)));
   return finish(out, rc);
 }

@@ -27,7 +27,8 @@
 /* Integers in payloads travel as JSON numbers (doubles): exact to 2^53. */
 #define JSON_INT_MAX 9007199254740992.0
 
-/* ---- payload readers ------------------------------------------------------ */
+/* ---- payload readers ------------------------------------------------------
+ */
 
 /* The compact text of obj[key] (NULL for JSON null). An absent key is
  * SK_EJSON if required, else NULL. */
@@ -100,7 +101,8 @@ static void set_str(char **slot, char *v) {
   *slot = v;
 }
 
-/* ---- state helpers ------------------------------------------------------------ */
+/* ---- state helpers
+ * ------------------------------------------------------------ */
 
 static saga_step_state *ev_step(saga_state *st, const saga_event *ev) {
   if (ev->step < 0 || (size_t)ev->step >= st->n_steps)
@@ -109,8 +111,7 @@ static saga_step_state *ev_step(saga_state *st, const saga_event *ev) {
 }
 
 static bool forward_running(const saga_state *st) {
-  return st->status == SAGA_STATUS_RUNNING &&
-         st->phase == SAGA_PHASE_FORWARD;
+  return st->status == SAGA_STATUS_RUNNING && st->phase == SAGA_PHASE_FORWARD;
 }
 
 static bool compensating(const saga_state *st) {
@@ -152,7 +153,8 @@ static void reset_step(saga_step_state *s) {
   s->status = STEP_STATUS_PENDING;
 }
 
-/* ---- SagaStarted ------------------------------------------------------------------ */
+/* ---- SagaStarted
+ * ------------------------------------------------------------------ */
 
 static int read_step_names(const cJSON *p, char ***names, size_t *n) {
   const cJSON *arr = cJSON_GetObjectItemCaseSensitive(p, "steps");
@@ -220,7 +222,8 @@ static int read_started(const cJSON *p, started *s) {
       (rc = read_step_names(p, &s->names, &s->n)) != SK_OK)
     return rc;
   if (s->workflow == NULL || s->version < 0 || s->version > INT32_MAX ||
-      s->deadline < 0 || (s->id != NULL && strlen(s->id) >= sizeof(((saga_state *)0)->id)))
+      s->deadline < 0 ||
+      (s->id != NULL && strlen(s->id) >= sizeof(((saga_state *)0)->id)))
     return SK_EJSON;
   return SK_OK;
 }
@@ -261,7 +264,8 @@ static int ev_saga_started(saga_state *st, const saga_event *ev,
   return SK_OK;
 }
 
-/* ---- forward events ----------------------------------------------------------------- */
+/* ---- forward events
+ * ----------------------------------------------------------------- */
 
 static int ev_step_scheduled(saga_state *st, const saga_event *ev,
                              const cJSON *p) {
@@ -364,7 +368,8 @@ static int ev_retry_scheduled(saga_state *st, const saga_event *ev,
   return SK_OK;
 }
 
-/* ---- compensation events ---------------------------------------------------------------- */
+/* ---- compensation events
+ * ---------------------------------------------------------------- */
 
 static int ev_compensation_started(saga_state *st, const saga_event *ev,
                                    const cJSON *p) {
@@ -435,7 +440,8 @@ static int ev_compensation_failed(saga_state *st, const saga_event *ev,
   return SK_OK;
 }
 
-/* ---- saga endings ---------------------------------------------------------------------- */
+/* ---- saga endings
+ * ---------------------------------------------------------------------- */
 
 static int ev_saga_completed(saga_state *st, const saga_event *ev,
                              const cJSON *p) {
@@ -495,10 +501,9 @@ static int ev_saga_paused(saga_state *st, const saga_event *ev,
 
 static int ev_cancel_requested(saga_state *st, const saga_event *ev,
                                const cJSON *p) {
-  if (st->cancel_requested ||
-      (st->status != SAGA_STATUS_RUNNING &&
-       st->status != SAGA_STATUS_COMPENSATING &&
-       st->status != SAGA_STATUS_PAUSED))
+  if (st->cancel_requested || (st->status != SAGA_STATUS_RUNNING &&
+                               st->status != SAGA_STATUS_COMPENSATING &&
+                               st->status != SAGA_STATUS_PAUSED))
     return SK_ESTATE;
   const cJSON *r = cJSON_GetObjectItemCaseSensitive(p, "reason");
   if (r != NULL && !cJSON_IsString(r) && !cJSON_IsNull(r))
@@ -507,7 +512,9 @@ static int ev_cancel_requested(saga_state *st, const saga_event *ev,
   return SK_OK;
 }
 
-/* ---- replays ----------------------------------------------------------------------------- */
+/* ---- replays
+ * -----------------------------------------------------------------------------
+ */
 
 static int replay_resume_compensation(saga_state *st, const saga_event *ev) {
   if (st->status != SAGA_STATUS_FAILED || st->cursor < 0 ||
@@ -519,8 +526,7 @@ static int replay_resume_compensation(saga_state *st, const saga_event *ev) {
   return SK_OK;
 }
 
-static int replay_resume(saga_state *st, const saga_event *ev,
-                         const cJSON *p) {
+static int replay_resume(saga_state *st, const saga_event *ev, const cJSON *p) {
   const cJSON *from = cJSON_GetObjectItemCaseSensitive(p, "from_step");
   if (!cJSON_IsString(from) || from->valuestring == NULL)
     return SK_EJSON;
@@ -574,7 +580,9 @@ static int ev_replayed(saga_state *st, const saga_event *ev, const cJSON *p) {
   return SK_EJSON;
 }
 
-/* ---- dispatch --------------------------------------------------------------------------- */
+/* ---- dispatch
+ * ---------------------------------------------------------------------------
+ */
 
 static int dispatch(saga_state *st, const saga_event *ev, const cJSON *p) {
   if (ev->type != SAGA_EV_SAGA_STARTED && st->workflow == NULL)

@@ -103,7 +103,8 @@ const char *task_kind_name(task_kind k) {
   return k == TASK_KIND_COMP ? "comp" : "fwd";
 }
 
-/* ---- init / clear ----------------------------------------------------------- */
+/* ---- init / clear -----------------------------------------------------------
+ */
 
 void saga_event_clear(saga_event *ev) {
   if (ev == NULL)
@@ -172,7 +173,8 @@ void saga_state_clear(saga_state *st) {
   saga_state_init(st);
 }
 
-/* ---- rng ---------------------------------------------------------------------- */
+/* ---- rng
+ * ---------------------------------------------------------------------- */
 
 /* xorshift64* (Vigna). A zero state would stay zero forever, so it is
  * replaced by a fixed odd constant. */
@@ -192,7 +194,8 @@ double saga_rng_unit(saga_rng *r) {
   return (double)(saga_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-/* ---- backoff ------------------------------------------------------------------- */
+/* ---- backoff
+ * ------------------------------------------------------------------- */
 
 /* No delay above this (about 31 years): keeps every later sum of times far
  * from int64 overflow and exact as a JSON number. */
@@ -227,7 +230,8 @@ int64_t saga_backoff_ms(const def_retry *p, int next_attempt, saga_rng *rng) {
   return (int64_t)(d + 0.5);
 }
 
-/* ---- idempotency key ------------------------------------------------------------ */
+/* ---- idempotency key
+ * ------------------------------------------------------------ */
 
 void saga_idempotency_key(const char *saga_id, const char *step_name,
                           task_kind kind, char *buf, size_t len) {

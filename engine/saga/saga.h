@@ -67,7 +67,9 @@ typedef enum step_status {
  *  StepScheduled          step, attempt; {"available_at_ms"}
  *  StepCompleted          step, attempt; {"output","by_fallback":bool}
  *  StepFailed             step, attempt; {"error":{type,message,retryable},
- *                          "final":bool}  final = the step failed for good
+ *                          "final":bool}  final = the step failed for good;
+ *                          attempt 0 = failed before it was ever scheduled
+ *                          (TemplateError, SagaTimeout)
  *  RetryScheduled         step, attempt (the next one);
  *                          {"kind":"fwd"|"comp","available_at_ms","delay_ms"}
  *  CompensationStarted    step -1; {"reason": error object} the saga turns

@@ -33,7 +33,8 @@
 
 static const char *const phase_names[] = {"forward", "compensating", "done"};
 
-/* ---- writing -------------------------------------------------------------- */
+/* ---- writing --------------------------------------------------------------
+ */
 
 static void put_key(buf *b, const char *key, bool first) {
   if (!first)
@@ -124,7 +125,8 @@ int saga_state_to_json(const saga_state *st, char **out) {
   return *out != NULL ? SK_OK : SK_ENOMEM;
 }
 
-/* ---- reading ------------------------------------------------------------------ */
+/* ---- reading
+ * ------------------------------------------------------------------ */
 
 /* Readers leave *out untouched when the key is absent (the default stays). */
 

@@ -270,7 +270,7 @@ def_workflow *def_workflow_clone(const def_workflow *wf) {
   return c;
 }
 
-/* ---- look-ups and effective policies --------------------------------------- */
+/* ---- look-ups and effective policies ------------------------------------- */
 
 int def_step_index(const def_workflow *wf, const char *name) {
   if (wf == NULL || name == NULL)
@@ -311,13 +311,15 @@ void def_effective_retry(const def_workflow *wf, const def_step *s,
     retry_fill(out, &a->retry, ~0u);
   unsigned from_defaults = ~0u;
   if (is_comp)
-    from_defaults &= ~(unsigned)(DEF_RETRY_MAX_ATTEMPTS | DEF_RETRY_MAX_INTERVAL);
+    from_defaults &=
+        ~(unsigned)(DEF_RETRY_MAX_ATTEMPTS | DEF_RETRY_MAX_INTERVAL);
   if (wf != NULL && wf->has_default_retry)
     retry_fill(out, &wf->default_retry, from_defaults);
 
   def_retry builtin = {
-      .set = DEF_RETRY_MAX_ATTEMPTS | DEF_RETRY_INITIAL | DEF_RETRY_COEFFICIENT |
-             DEF_RETRY_MAX_INTERVAL | DEF_RETRY_JITTER | DEF_RETRY_NON_RETRYABLE,
+      .set = DEF_RETRY_MAX_ATTEMPTS | DEF_RETRY_INITIAL |
+             DEF_RETRY_COEFFICIENT | DEF_RETRY_MAX_INTERVAL | DEF_RETRY_JITTER |
+             DEF_RETRY_NON_RETRYABLE,
       .max_attempts = is_comp ? 0 : DEF_DEFAULT_MAX_ATTEMPTS,
       .initial_interval_ms = DEF_DEFAULT_INITIAL_INTERVAL_MS,
       .backoff_coefficient = DEF_DEFAULT_BACKOFF_COEFFICIENT,

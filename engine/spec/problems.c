@@ -55,8 +55,7 @@ static bool grow(def_problems *p, size_t slot) {
   return true;
 }
 
-void def_problems_add(def_problems *p, const char *path, const char *fmt,
-                      ...) {
+void def_problems_add(def_problems *p, const char *path, const char *fmt, ...) {
   if (p == NULL)
     return;
   size_t slot = p->n++;

@@ -17,7 +17,8 @@
  * only fields that are set, numbers printed so they read back equal, and
  * JSON-valued fields re-serialised compactly.
  *
- * Thread: any; pure.
+ * Thread: any; pure. The one exception is cJSON itself: every cJSON parse
+ * resets cJSON's process-wide error pointer, a benign race that TSan reports.
  */
 #include "spec/spec_json.h"
 
@@ -37,13 +38,13 @@ typedef struct pctx {
   def_problems *p;
   int added;
   buf path;
-  size_t obj_len;  /* path length of the object whose members are walked */
-  char **poison;   /* "X" poisons X; "X/" poisons X and everything below */
+  size_t obj_len; /* path length of the object whose members are walked */
+  char **poison;  /* "X" poisons X; "X/" poisons X and everything below */
   size_t n_poison, cap_poison;
   bool oom;
 } pctx;
 
-/* ---- paths, problems, poison ---------------------------------------------- */
+/* ---- paths, problems, poison --------------------------------------------- */
 
 static size_t push_key(pctx *c, const char *key) {
   size_t mark = c->path.len;
@@ -124,7 +125,7 @@ static bool poisoned(const pctx *c, const char *path) {
   return false;
 }
 
-/* ---- typed values (each at the current path) -------------------------------- */
+/* ---- typed values (each at the current path) ----------------------------- */
 
 static char *want_string(pctx *c, const cJSON *v) {
   if (!cJSON_IsString(v)) {
@@ -185,7 +186,7 @@ static char *want_json(pctx *c, const cJSON *v) {
   return s;
 }
 
-/* ---- objects ---------------------------------------------------------------- */
+/* ---- objects ------------------------------------------------------------- */
 
 typedef void (*member_fn)(pctx *c, int key, const cJSON *v, void *target);
 
@@ -232,11 +233,14 @@ static unsigned members(pctx *c, const cJSON *obj, const char *const *keys,
  * that gives a step or action its kind cannot be read. */
 static void poison_object(pctx *c) { poison_n(c, c->obj_len, false); }
 
-/* ---- retry ------------------------------------------------------------------ */
+/* ---- retry --------------------------------------------------------------- */
 
-static const char *const retry_keys[] = {
-    "max_attempts", "initial_interval_ms", "backoff_coefficient",
-    "max_interval_ms", "jitter", "non_retryable_errors"};
+static const char *const retry_keys[] = {"max_attempts",
+                                         "initial_interval_ms",
+                                         "backoff_coefficient",
+                                         "max_interval_ms",
+                                         "jitter",
+                                         "non_retryable_errors"};
 
 static void parse_error_list(pctx *c, const cJSON *v, def_retry *r) {
   if (!cJSON_IsArray(v)) {
@@ -294,7 +298,7 @@ static void parse_retry(pctx *c, const cJSON *v, def_retry *r, bool *has) {
   members(c, v, retry_keys, 6, 0, retry_member, r);
 }
 
-/* ---- http, sleep, resources ------------------------------------------------- */
+/* ---- http, sleep, resources ---------------------------------------------- */
 
 static const char *const http_keys[] = {"method", "url", "headers", "body",
                                         "success_codes"};
@@ -382,13 +386,12 @@ static void resource_member(pctx *c, int key, const cJSON *v, void *target) {
     s->gpu_memory_mb = i;
 }
 
-/* ---- compensations and fallbacks -------------------------------------------- */
+/* ---- compensations and fallbacks ----------------------------------------- */
 
 enum { A_TASK, A_HTTP, A_INPUT, A_RETRY, A_TIMEOUT, A_BREAKER, A_COMPENSATE };
-static const char *const action_keys[] = {"task",       "http",
-                                          "input",      "retry",
-                                          "timeout_ms", "on_breaker_open",
-                                          "compensate"};
+static const char *const action_keys[] = {
+    "task",      "http", "input", "retry", "timeout_ms", "on_breaker_open",
+    "compensate"};
 
 typedef struct action_target {
   def_action *a;
@@ -452,16 +455,36 @@ static def_action *parse_action(pctx *c, const cJSON *v, def_step *fb_of) {
   return a;
 }
 
-/* ---- steps ------------------------------------------------------------------ */
+/* ---- steps --------------------------------------------------------------- */
 
 enum {
-  S_NAME, S_TASK, S_HTTP, S_SLEEP, S_PARALLEL, S_INPUT, S_COMPENSATE,
-  S_FALLBACK, S_RETRY, S_TIMEOUT, S_BULKHEAD, S_RESOURCES, S_COMP_ON_FAIL
+  S_NAME,
+  S_TASK,
+  S_HTTP,
+  S_SLEEP,
+  S_PARALLEL,
+  S_INPUT,
+  S_COMPENSATE,
+  S_FALLBACK,
+  S_RETRY,
+  S_TIMEOUT,
+  S_BULKHEAD,
+  S_RESOURCES,
+  S_COMP_ON_FAIL
 };
-static const char *const step_keys[] = {
-    "name",     "task",  "http",       "sleep",    "parallel",
-    "input",    "compensate", "fallback", "retry", "timeout_ms",
-    "bulkhead", "resources",  "compensate_on_failure"};
+static const char *const step_keys[] = {"name",
+                                        "task",
+                                        "http",
+                                        "sleep",
+                                        "parallel",
+                                        "input",
+                                        "compensate",
+                                        "fallback",
+                                        "retry",
+                                        "timeout_ms",
+                                        "bulkhead",
+                                        "resources",
+                                        "compensate_on_failure"};
 
 typedef struct step_target {
   def_step *s;
@@ -470,19 +493,31 @@ typedef struct step_target {
 
 static void parse_steps(pctx *c, const cJSON *v, def_step **steps, size_t *n);
 
+/* How many entries of a list of steps or branches to build. A 1 MiB spec
+ * could hold ~300k empty steps, so lists past the limit are a problem and
+ * only the first SK_STEPS_MAX + 1 entries are built (enough for the
+ * validator to see the total is too large). */
+static size_t list_cap(pctx *c, const cJSON *v, const char *what) {
+  size_t n = (size_t)cJSON_GetArraySize(v);
+  if (n <= SK_STEPS_MAX)
+    return n;
+  problem(c, false, "must have at most %d %s", SK_STEPS_MAX, what);
+  return SK_STEPS_MAX + 1;
+}
+
 static void parse_parallel(pctx *c, const cJSON *v, def_step *s) {
   s->action.kind = DEF_KIND_PARALLEL;
   if (!cJSON_IsArray(v)) {
     problem(c, true, "must be an array");
     return;
   }
-  size_t n = (size_t)cJSON_GetArraySize(v), b = 0;
+  size_t n = list_cap(c, v, "branches"), b = 0;
   s->branches = calloc(n ? n : 1, sizeof(*s->branches));
   if (s->branches == NULL) {
     c->oom = true;
     return;
   }
-  for (const cJSON *e = v->child; e != NULL; e = e->next, b++) {
+  for (const cJSON *e = v->child; e != NULL && b < n; e = e->next, b++) {
     size_t mark = push_index(c, b);
     s->n_branches = b + 1;
     parse_steps(c, e, &s->branches[b].steps, &s->branches[b].n_steps);
@@ -571,13 +606,13 @@ static void parse_steps(pctx *c, const cJSON *v, def_step **steps, size_t *n) {
     problem(c, true, "must be an array");
     return;
   }
-  size_t count = (size_t)cJSON_GetArraySize(v), i = 0;
+  size_t count = list_cap(c, v, "steps"), i = 0;
   *steps = calloc(count ? count : 1, sizeof(def_step));
   if (*steps == NULL) {
     c->oom = true;
     return;
   }
-  for (const cJSON *e = v->child; e != NULL; e = e->next, i++) {
+  for (const cJSON *e = v->child; e != NULL && i < count; e = e->next, i++) {
     size_t mark = push_index(c, i);
     *n = i + 1;
     parse_step(c, e, &(*steps)[i]);
@@ -585,7 +620,7 @@ static void parse_steps(pctx *c, const cJSON *v, def_step **steps, size_t *n) {
   }
 }
 
-/* ---- workflow --------------------------------------------------------------- */
+/* ---- workflow ------------------------------------------------------------ */
 
 static const char *const defaults_keys[] = {"timeout_ms", "retry"};
 
@@ -598,10 +633,18 @@ static void defaults_member(pctx *c, int key, const cJSON *v, void *target) {
     parse_retry(c, v, &wf->default_retry, &wf->has_default_retry);
 }
 
-enum { W_NAME, W_VERSION, W_DESCRIPTION, W_ON_FAILURE, W_TIMEOUT, W_DEFAULTS, W_STEPS };
+enum {
+  W_NAME,
+  W_VERSION,
+  W_DESCRIPTION,
+  W_ON_FAILURE,
+  W_TIMEOUT,
+  W_DEFAULTS,
+  W_STEPS
+};
 static const char *const workflow_keys[] = {
-    "name", "version", "description", "on_failure", "timeout_ms", "defaults",
-    "steps"};
+    "name",       "version",  "description", "on_failure",
+    "timeout_ms", "defaults", "steps"};
 
 static void workflow_member(pctx *c, int key, const cJSON *v, void *target) {
   def_workflow *wf = target;
@@ -636,7 +679,7 @@ static void workflow_member(pctx *c, int key, const cJSON *v, void *target) {
   }
 }
 
-/* ---- raw text checks -------------------------------------------------------- */
+/* ---- raw text checks ----------------------------------------------------- */
 
 /* Nesting depth of JSON text by a scan (strings skipped), so that deep
  * input is refused before anything recursive sees it. */
@@ -701,8 +744,9 @@ static int parse_text(const char *json, size_t len, def_problems *p,
   if (at < len) {
     cJSON_Delete(*root);
     *root = NULL;
-    return syntax_error(p, json, len, at,
-                        "could not parse JSON: unexpected text after the value");
+    return syntax_error(
+        p, json, len, at,
+        "could not parse JSON: unexpected text after the value");
   }
   return SK_OK;
 }
@@ -769,7 +813,7 @@ int spec_parse(const char *json, size_t len, def_workflow **out,
   return rc;
 }
 
-/* ---- canonical output ------------------------------------------------------- */
+/* ---- canonical output ------------------------------------------------- */
 
 typedef struct emit {
   buf b;
@@ -795,66 +839,88 @@ static void close_obj(emit *e) {
   e->first = false;
 }
 
-static void put_double(emit *e, double d) {
+/* Members: each put_* writes "key":value, the optional ones only if set. */
+static void put_int(emit *e, const char *k, int64_t v) {
+  key(e, k);
+  buf_printf(&e->b, "%lld", (long long)v);
+}
+
+static void put_nonzero(emit *e, const char *k, int64_t v) {
+  if (v != 0)
+    put_int(e, k, v);
+}
+
+static void put_str(emit *e, const char *k, const char *s) {
+  if (s == NULL)
+    return;
+  key(e, k);
+  buf_json_str(&e->b, s);
+}
+
+static void put_true(emit *e, const char *k, bool on) {
+  if (on) {
+    key(e, k);
+    buf_puts(&e->b, "true");
+  }
+}
+
+/* Shortest text that reads back as the same double. */
+static void put_double(emit *e, const char *k, double d) {
   char tmp[64];
   snprintf(tmp, sizeof(tmp), "%.15g", d);
   if (strtod(tmp, NULL) != d)
     snprintf(tmp, sizeof(tmp), "%.17g", d);
+  key(e, k);
   buf_puts(&e->b, tmp);
 }
 
-static void put_json(emit *e, const char *json) {
+/* JSON-valued fields are re-serialised, so spacing never matters. */
+static void put_json(emit *e, const char *k, const char *json) {
+  if (json == NULL)
+    return;
   cJSON *j = cJSON_Parse(json);
   char *s = j != NULL ? cJSON_PrintUnformatted(j) : NULL;
-  if (s == NULL) {
-    e->bad = true;
-    buf_puts(&e->b, "null");
-  } else {
-    buf_puts(&e->b, s);
-  }
+  key(e, k);
+  buf_puts(&e->b, s != NULL ? s : "null");
+  e->bad |= s == NULL;
   cJSON_free(s);
   cJSON_Delete(j);
 }
 
-static void emit_retry(emit *e, const def_retry *r) {
+static void put_retry(emit *e, const char *k, const def_retry *r) {
+  key(e, k);
   open_obj(e);
   if (r->set & DEF_RETRY_MAX_ATTEMPTS)
-    key(e, "max_attempts"), buf_printf(&e->b, "%d", r->max_attempts);
+    put_int(e, "max_attempts", r->max_attempts);
   if (r->set & DEF_RETRY_INITIAL)
-    key(e, "initial_interval_ms"),
-        buf_printf(&e->b, "%lld", (long long)r->initial_interval_ms);
+    put_int(e, "initial_interval_ms", r->initial_interval_ms);
   if (r->set & DEF_RETRY_COEFFICIENT)
-    key(e, "backoff_coefficient"), put_double(e, r->backoff_coefficient);
+    put_double(e, "backoff_coefficient", r->backoff_coefficient);
   if (r->set & DEF_RETRY_MAX_INTERVAL)
-    key(e, "max_interval_ms"),
-        buf_printf(&e->b, "%lld", (long long)r->max_interval_ms);
+    put_int(e, "max_interval_ms", r->max_interval_ms);
   if (r->set & DEF_RETRY_JITTER)
-    key(e, "jitter"), put_double(e, r->jitter);
+    put_double(e, "jitter", r->jitter);
   if (r->set & DEF_RETRY_NON_RETRYABLE) {
     key(e, "non_retryable_errors");
     buf_putc(&e->b, '[');
     for (size_t i = 0; i < r->n_non_retryable; i++) {
+      const char *t = r->non_retryable_errors[i];
       if (i > 0)
         buf_putc(&e->b, ',');
-      buf_json_str(&e->b, r->non_retryable_errors[i] != NULL
-                              ? r->non_retryable_errors[i]
-                              : "");
+      buf_json_str(&e->b, t != NULL ? t : "");
     }
     buf_putc(&e->b, ']');
   }
   close_obj(e);
 }
 
-static void emit_http(emit *e, const def_http *h) {
+static void put_http(emit *e, const def_http *h) {
+  key(e, "http");
   open_obj(e);
-  if (h->method != NULL)
-    key(e, "method"), buf_json_str(&e->b, h->method);
-  if (h->url != NULL)
-    key(e, "url"), buf_json_str(&e->b, h->url);
-  if (h->headers_json != NULL)
-    key(e, "headers"), put_json(e, h->headers_json);
-  if (h->body_json != NULL)
-    key(e, "body"), put_json(e, h->body_json);
+  put_str(e, "method", h->method);
+  put_str(e, "url", h->url);
+  put_json(e, "headers", h->headers_json);
+  put_json(e, "body", h->body_json);
   if (h->success_codes != NULL) {
     key(e, "success_codes");
     buf_putc(&e->b, '[');
@@ -865,18 +931,16 @@ static void emit_http(emit *e, const def_http *h) {
   close_obj(e);
 }
 
-static void emit_steps(emit *e, const def_step *steps, size_t n);
+static void put_steps(emit *e, const def_step *steps, size_t n);
 
-/* The kind member(s) of an action: "task", "http", "sleep" or "parallel". */
-static void emit_kind(emit *e, const def_step *s, const def_action *a) {
+/* The kind member of a step or action: task, http, sleep or parallel. */
+static void put_kind(emit *e, const def_step *s, const def_action *a) {
   switch (a->kind) {
   case DEF_KIND_TASK:
-    if (a->task_type != NULL)
-      key(e, "task"), buf_json_str(&e->b, a->task_type);
+    put_str(e, "task", a->task_type);
     break;
   case DEF_KIND_HTTP:
-    key(e, "http");
-    emit_http(e, &a->http);
+    put_http(e, &a->http);
     break;
   case DEF_KIND_SLEEP:
     key(e, "sleep");
@@ -888,99 +952,83 @@ static void emit_kind(emit *e, const def_step *s, const def_action *a) {
     for (size_t b = 0; s != NULL && b < s->n_branches; b++) {
       if (b > 0)
         buf_putc(&e->b, ',');
-      emit_steps(e, s->branches[b].steps, s->branches[b].n_steps);
+      put_steps(e, s->branches[b].steps, s->branches[b].n_steps);
     }
     buf_putc(&e->b, ']');
     break;
   }
 }
 
-/* input, retry, timeout_ms: shared by steps and actions. */
-static void emit_common(emit *e, const def_action *a, bool with_retry) {
-  if (a->input_json != NULL)
-    key(e, "input"), put_json(e, a->input_json);
-  if (with_retry && a->has_retry)
-    key(e, "retry"), emit_retry(e, &a->retry);
-  if (with_retry && a->timeout_ms != 0)
-    key(e, "timeout_ms"), buf_printf(&e->b, "%lld", (long long)a->timeout_ms);
-}
-
-static void emit_action(emit *e, const def_action *a, const def_step *fb_of) {
+/* A compensation, or (fb_of != NULL) the fallback of step fb_of. */
+static void put_action(emit *e, const char *k, const def_action *a,
+                       const def_step *fb_of) {
+  key(e, k);
   open_obj(e);
-  emit_kind(e, NULL, a);
-  emit_common(e, a, true);
-  if (fb_of != NULL && fb_of->fallback_on_breaker_open)
-    key(e, "on_breaker_open"), buf_puts(&e->b, "true");
-  if (fb_of != NULL && fb_of->fallback_compensate != NULL)
-    key(e, "compensate"), emit_action(e, fb_of->fallback_compensate, NULL);
+  put_kind(e, NULL, a);
+  put_json(e, "input", a->input_json);
+  if (a->has_retry)
+    put_retry(e, "retry", &a->retry);
+  put_nonzero(e, "timeout_ms", a->timeout_ms);
+  if (fb_of != NULL) {
+    put_true(e, "on_breaker_open", fb_of->fallback_on_breaker_open);
+    if (fb_of->fallback_compensate != NULL)
+      put_action(e, "compensate", fb_of->fallback_compensate, NULL);
+  }
   close_obj(e);
 }
 
-static void emit_step(emit *e, const def_step *s) {
+static void put_step(emit *e, const def_step *s) {
   open_obj(e);
-  if (s->name != NULL)
-    key(e, "name"), buf_json_str(&e->b, s->name);
-  emit_kind(e, s, &s->action);
-  emit_common(e, &s->action, false);
+  put_str(e, "name", s->name);
+  put_kind(e, s, &s->action);
+  put_json(e, "input", s->action.input_json);
   if (s->compensate != NULL)
-    key(e, "compensate"), emit_action(e, s->compensate, NULL);
+    put_action(e, "compensate", s->compensate, NULL);
   if (s->fallback != NULL)
-    key(e, "fallback"), emit_action(e, s->fallback, s);
+    put_action(e, "fallback", s->fallback, s);
   if (s->action.has_retry)
-    key(e, "retry"), emit_retry(e, &s->action.retry);
-  if (s->action.timeout_ms != 0)
-    key(e, "timeout_ms"),
-        buf_printf(&e->b, "%lld", (long long)s->action.timeout_ms);
-  if (s->bulkhead != NULL)
-    key(e, "bulkhead"), buf_json_str(&e->b, s->bulkhead);
+    put_retry(e, "retry", &s->action.retry);
+  put_nonzero(e, "timeout_ms", s->action.timeout_ms);
+  put_str(e, "bulkhead", s->bulkhead);
   if (s->gpus != 0 || s->gpu_memory_mb != 0) {
     key(e, "resources");
     open_obj(e);
-    if (s->gpus != 0)
-      key(e, "gpus"), buf_printf(&e->b, "%d", s->gpus);
-    if (s->gpu_memory_mb != 0)
-      key(e, "gpu_memory_mb"),
-          buf_printf(&e->b, "%lld", (long long)s->gpu_memory_mb);
+    put_nonzero(e, "gpus", s->gpus);
+    put_nonzero(e, "gpu_memory_mb", s->gpu_memory_mb);
     close_obj(e);
   }
-  if (s->compensate_on_failure)
-    key(e, "compensate_on_failure"), buf_puts(&e->b, "true");
+  put_true(e, "compensate_on_failure", s->compensate_on_failure);
   close_obj(e);
 }
 
-static void emit_steps(emit *e, const def_step *steps, size_t n) {
+static void put_steps(emit *e, const def_step *steps, size_t n) {
   buf_putc(&e->b, '[');
   for (size_t i = 0; i < n; i++) {
     if (i > 0)
       buf_putc(&e->b, ',');
-    emit_step(e, &steps[i]);
+    put_step(e, &steps[i]);
   }
   buf_putc(&e->b, ']');
 }
 
-static void emit_workflow(emit *e, const def_workflow *wf) {
+static void put_workflow(emit *e, const def_workflow *wf) {
   open_obj(e);
-  if (wf->name != NULL)
-    key(e, "name"), buf_json_str(&e->b, wf->name);
-  key(e, "version"), buf_printf(&e->b, "%d", wf->version);
-  if (wf->description != NULL)
-    key(e, "description"), buf_json_str(&e->b, wf->description);
+  put_str(e, "name", wf->name);
+  put_int(e, "version", wf->version);
+  put_str(e, "description", wf->description);
   if (wf->on_failure == DEF_ON_FAILURE_PAUSE)
-    key(e, "on_failure"), buf_puts(&e->b, "\"pause\"");
-  if (wf->timeout_ms != 0)
-    key(e, "timeout_ms"), buf_printf(&e->b, "%lld", (long long)wf->timeout_ms);
+    put_str(e, "on_failure", "pause");
+  put_nonzero(e, "timeout_ms", wf->timeout_ms);
   if (wf->has_default_retry || wf->default_timeout_ms != 0) {
     key(e, "defaults");
     open_obj(e);
-    if (wf->default_timeout_ms != 0)
-      key(e, "timeout_ms"),
-          buf_printf(&e->b, "%lld", (long long)wf->default_timeout_ms);
+    put_nonzero(e, "timeout_ms", wf->default_timeout_ms);
     if (wf->has_default_retry)
-      key(e, "retry"), emit_retry(e, &wf->default_retry);
+      put_retry(e, "retry", &wf->default_retry);
     close_obj(e);
   }
   key(e, "steps");
-  emit_steps(e, wf->steps, wf->n_steps);
+  put_steps(e, wf->steps, wf->n_steps);
   close_obj(e);
 }
 
@@ -991,7 +1039,7 @@ int spec_to_json(const def_workflow *wf, char **out) {
   if (wf == NULL)
     return SK_EINVAL;
   emit e = {.b = BUF_INIT};
-  emit_workflow(&e, wf);
+  put_workflow(&e, wf);
   if (e.bad) {
     buf_free(&e.b);
     return SK_EJSON;

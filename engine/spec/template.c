@@ -24,7 +24,9 @@
  *
  * Numbers go through cJSON's double: integers beyond 2^53 lose precision.
  *
- * Thread: any; no shared state.
+ * Thread: any; no shared state. The one exception is cJSON itself: every cJSON
+ * parse resets cJSON's process-wide error pointer, a benign race that TSan
+ * reports.
  */
 #include "spec/template.h"
 
@@ -36,7 +38,12 @@
 
 #include "common/buf.h"
 
-typedef enum ref_root { REF_INPUT, REF_STEP, REF_SAGA_ID, REF_SAGA_ATTEMPT } ref_root;
+typedef enum ref_root {
+  REF_INPUT,
+  REF_STEP,
+  REF_SAGA_ID,
+  REF_SAGA_ATTEMPT
+} ref_root;
 
 /* One parsed template; the pointers point into the template text. */
 typedef struct tref {
@@ -143,7 +150,7 @@ static int next_template(const char *s, size_t *pos, size_t *start,
   return 1;
 }
 
-/* ---- JSON helpers ---------------------------------------------------------- */
+/* ---- JSON helpers -------------------------------------------------------- */
 
 static int tree_depth(const cJSON *j) {
   int max = 0;
@@ -189,7 +196,7 @@ static const cJSON *walk_path(const cJSON *node, const char *path, size_t len) {
   return node;
 }
 
-/* ---- rendering ------------------------------------------------------------- */
+/* ---- rendering ----------------------------------------------------------- */
 
 typedef struct cached_output {
   char *name;
@@ -219,7 +226,8 @@ static int load_input(render *r) {
 
 static int load_output(render *r, const char *name, size_t len, cJSON **doc) {
   for (size_t i = 0; i < r->n_outs; i++)
-    if (strlen(r->outs[i].name) == len && memcmp(r->outs[i].name, name, len) == 0) {
+    if (strlen(r->outs[i].name) == len &&
+        memcmp(r->outs[i].name, name, len) == 0) {
       *doc = r->outs[i].doc;
       return SK_OK;
     }
@@ -237,8 +245,9 @@ static int load_output(render *r, const char *name, size_t len, cJSON **doc) {
   if (c->name == NULL)
     return sk_error_set(r->err, SK_ENOMEM, NULL);
   r->n_outs++;
-  const char *text =
-      r->ctx->step_output != NULL ? r->ctx->step_output(r->ctx->ud, c->name) : NULL;
+  const char *text = r->ctx->step_output != NULL
+                         ? r->ctx->step_output(r->ctx->ud, c->name)
+                         : NULL;
   if (text != NULL) {
     c->doc = parse_doc(text);
     if (c->doc == NULL)
@@ -387,8 +396,8 @@ static void render_free(render *r) {
   cJSON_Delete(r->attempt);
 }
 
-int template_render(const char *tmpl_json, const template_ctx *ctx,
-                    char **out, sk_error *err) {
+int template_render(const char *tmpl_json, const template_ctx *ctx, char **out,
+                    sk_error *err) {
   *out = NULL;
   if (tmpl_json == NULL || ctx == NULL)
     return sk_error_set(err, SK_EINVAL, "template and context are required");
@@ -411,7 +420,7 @@ int template_render(const char *tmpl_json, const template_ctx *ctx,
   return rc;
 }
 
-/* ---- checking -------------------------------------------------------------- */
+/* ---- checking ------------------------------------------------------------ */
 
 typedef struct check {
   const char *const *known;
@@ -434,8 +443,9 @@ static void check_one_string(check *c, const char *s, const char *path) {
   tref ref;
   while ((found = next_template(s, &pos, &start, &end)) != 0) {
     int shown = (int)(end - start > 80 ? 80 : end - start);
-    const char *why = found < 0 ? "missing closing \"}\""
-                                : parse_ref(s + start + 2, end - start - 3, &ref);
+    const char *why = found < 0
+                          ? "missing closing \"}\""
+                          : parse_ref(s + start + 2, end - start - 3, &ref);
     if (why != NULL) {
       def_problems_add(c->p, path, "invalid template \"%.*s\": %s", shown,
                        s + start, why);
@@ -469,7 +479,8 @@ static void pointer_push(buf *b, const char *seg) {
 
 static void check_tree(check *c, const cJSON *item, buf *path) {
   if (cJSON_IsString(item)) {
-    check_one_string(c, item->valuestring, path->data != NULL ? path->data : "");
+    check_one_string(c, item->valuestring,
+                     path->data != NULL ? path->data : "");
     return;
   }
   size_t mark = path->len, i = 0;

@@ -83,12 +83,20 @@ typedef struct vctx {
   size_t n_total;
 } vctx;
 
-/* ---- paths and problems ------------------------------------------------------ */
+/* ---- paths and problems -------------------------------------------------- */
 
+/* Appends a JSON Pointer segment (RFC 6901: ~ → ~0, / → ~1). */
 static size_t push(vctx *v, const char *seg) {
   size_t mark = v->path.len;
   buf_putc(&v->path, '/');
-  buf_puts(&v->path, seg);
+  for (; *seg; seg++) {
+    if (*seg == '~')
+      buf_puts(&v->path, "~0");
+    else if (*seg == '/')
+      buf_puts(&v->path, "~1");
+    else
+      buf_putc(&v->path, *seg);
+  }
   return mark;
 }
 
@@ -123,7 +131,7 @@ static void problem(vctx *v, const char *field, const char *fmt, ...) {
   pop(v, mark);
 }
 
-/* ---- name sets ----------------------------------------------------------------- */
+/* ---- name sets ----------------------------------------------------------- */
 
 static bool visible_push(vctx *v, const char *name) {
   if (name == NULL)
@@ -179,7 +187,7 @@ static bool seen_add(vctx *v, const char *name) {
   return true;
 }
 
-/* ---- leaves --------------------------------------------------------------------- */
+/* ---- leaves -------------------------------------------------------------- */
 
 static void check_templates(vctx *v, const char *field, const char *json) {
   if (json == NULL)
@@ -227,7 +235,6 @@ static void validate_headers(vctx *v, const char *json) {
   } else {
     for (const cJSON *c = h->child; c != NULL; c = c->next)
       if (!cJSON_IsString(c)) {
-        /* Header names with '/' or '~' are not worth escaping here. */
         problem(v, c->string, "must be a string");
       }
   }
@@ -250,7 +257,8 @@ static void validate_http(vctx *v, const def_http *h) {
   if (h->method == NULL)
     problem(v, "method", "is required");
   else if (!method_valid(h->method))
-    problem(v, "method", "must be one of GET, POST, PUT, PATCH, DELETE or HEAD");
+    problem(v, "method",
+            "must be one of GET, POST, PUT, PATCH, DELETE or HEAD");
   if (h->url == NULL) {
     problem(v, "url", "is required");
   } else {
@@ -258,8 +266,8 @@ static void validate_http(vctx *v, const def_http *h) {
         strncmp(h->url, "https://", 8) != 0)
       problem(v, "url", "must start with http:// or https://");
     size_t m2 = push(v, "url");
-    v->added += template_check_string(h->url, v->visible, v->n_visible,
-                                      here(v), v->p);
+    v->added +=
+        template_check_string(h->url, v->visible, v->n_visible, here(v), v->p);
     pop(v, m2);
   }
   if (h->headers_json != NULL)
@@ -307,7 +315,7 @@ static void validate_action(vctx *v, const def_action *a, const char *field,
   pop(v, mark);
 }
 
-/* ---- steps ----------------------------------------------------------------------- */
+/* ---- steps --------------------------------------------------------------- */
 
 static void validate_list(vctx *v, const def_step *steps, size_t n, int depth);
 

@@ -48,6 +48,7 @@ typedef struct writes {
       tk_gpus, tk_gpu_mem, tk_claim;
   size_t n_tasks;
   size_t n_claims;
+  size_t n_unclaimed_due;
   pgarr cx_saga, cx_step;
   size_t n_cancels;
   bool notify;
@@ -275,25 +276,37 @@ done:
 }
 
 /* Step 3: idempotency keys of starts. A key seen before turns the start
- * into a lookup of the first saga. */
-static int claim_keys(PGconn *c, store_batch *b, sk_error *err) {
+ * into a lookup of the first saga.
+ *
+ * Two statements on purpose: when another transaction inserts the same key
+ * concurrently, ON CONFLICT DO NOTHING waits for it to commit, but the rest
+ * of that statement still reads with the old snapshot and cannot see its
+ * row. The lookup of the keys we did not insert is a new statement, so (in
+ * READ COMMITTED) it sees the committed winner. */
+static int key_arrays(const store_batch *b, pgarr *wf, pgarr *key, pgarr *id,
+                      bool only_existing) {
+  size_t n = 0;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    const store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_START || op->idempotency_key == NULL ||
+        (only_existing && !op->existed))
+      continue;
+    pgarr_add_str(wf, op->wf->name);
+    pgarr_add_str(key, op->idempotency_key);
+    if (id != NULL)
+      pgarr_add_str(id, op->saga_id);
+    n++;
+  }
+  return (int)n;
+}
+
+static int insert_keys(PGconn *c, store_batch *b, sk_error *err) {
   pgarr wf, key, id;
   pgarr_init(&wf);
   pgarr_init(&key);
   pgarr_init(&id);
-  size_t n = 0;
-  for (size_t i = 0; i < b->n_ops; i++) {
-    store_op *op = &b->ops[i];
-    if (op->type != STORE_OP_START || op->idempotency_key == NULL)
-      continue;
-    pgarr_add_str(&wf, op->wf->name);
-    pgarr_add_str(&key, op->idempotency_key);
-    pgarr_add_str(&id, op->saga_id);
-    op->existed = true; /* until the INSERT says it is ours */
-    n++;
-  }
   int rc = SK_OK;
-  if (n == 0)
+  if (key_arrays(b, &wf, &key, &id, false) == 0)
     goto done;
   const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
   if (!params[0] || !params[1] || !params[2]) {
@@ -302,40 +315,27 @@ static int claim_keys(PGconn *c, store_batch *b, sk_error *err) {
   }
   PGresult *r = PQexecParams(
       c,
-      "WITH ins AS (INSERT INTO saga_idempotency (workflow, key, saga_id) "
-      "  SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
-      "  ON CONFLICT DO NOTHING RETURNING workflow, key, saga_id) "
-      "SELECT u.w, u.k, coalesce(ins.saga_id, i.saga_id)::text, "
-      "       ins.saga_id IS NOT NULL, s.status "
-      "FROM unnest($1::text[], $2::text[]) AS u(w, k) "
-      "LEFT JOIN ins ON ins.workflow = u.w AND ins.key = u.k "
-      "LEFT JOIN saga_idempotency i ON i.workflow = u.w AND i.key = u.k "
-      "LEFT JOIN sagas s ON s.id = i.saga_id",
+      "INSERT INTO saga_idempotency (workflow, key, saga_id) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
+      "ON CONFLICT DO NOTHING RETURNING workflow, key, saga_id::text",
       3, NULL, params, NULL, NULL, 0);
   if (PQresultStatus(r) != PGRES_TUPLES_OK) {
     rc = db_fail(c, r, "could not record idempotency keys", err);
     PQclear(r);
     goto done;
   }
-  /* Rows come back in unnest order; duplicates within the batch: the first
-   * occurrence inserted, later ones see "not inserted by us". */
-  size_t row = 0;
-  for (size_t i = 0; i < b->n_ops && row < (size_t)PQntuples(r); i++) {
+  /* Ours are the rows returned with our own new id; a duplicate within the
+   * batch is not returned and so looks like an earlier start. */
+  for (size_t i = 0; i < b->n_ops; i++) {
     store_op *op = &b->ops[i];
     if (op->type != STORE_OP_START || op->idempotency_key == NULL)
       continue;
-    const char *sid = PQgetvalue(r, (int)row, 2);
-    bool inserted = PQgetvalue(r, (int)row, 3)[0] == 't' &&
-                    strcmp(sid, op->saga_id) == 0;
-    if (!inserted) {
-      snprintf(op->saga_id, sizeof(op->saga_id), "%s", sid);
-      if (!PQgetisnull(r, (int)row, 4))
-        saga_status_parse(PQgetvalue(r, (int)row, 4), &op->status);
-      else
-        op->status = SAGA_STATUS_RUNNING; /* started earlier in this batch */
-    }
-    op->existed = !inserted;
-    row++;
+    op->existed = true;
+    for (int row = 0; row < PQntuples(r); row++)
+      if (strcmp(PQgetvalue(r, row, 2), op->saga_id) == 0) {
+        op->existed = false;
+        break;
+      }
   }
   PQclear(r);
 done:
@@ -343,6 +343,61 @@ done:
   pgarr_free(&key);
   pgarr_free(&id);
   return rc;
+}
+
+static int lookup_keys(PGconn *c, store_batch *b, sk_error *err) {
+  pgarr wf, key;
+  pgarr_init(&wf);
+  pgarr_init(&key);
+  int rc = SK_OK;
+  if (key_arrays(b, &wf, &key, NULL, true) == 0)
+    goto done;
+  const char *params[2] = {pgarr_get(&wf), pgarr_get(&key)};
+  if (!params[0] || !params[1]) {
+    rc = SK_ENOMEM;
+    goto done;
+  }
+  PGresult *r = PQexecParams(
+      c,
+      "SELECT i.workflow, i.key, i.saga_id::text, s.status "
+      "FROM unnest($1::text[], $2::text[]) AS u(w, k) "
+      "JOIN saga_idempotency i ON i.workflow = u.w AND i.key = u.k "
+      "LEFT JOIN sagas s ON s.id = i.saga_id",
+      2, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    rc = db_fail(c, r, "could not look up idempotency keys", err);
+    PQclear(r);
+    goto done;
+  }
+  for (size_t i = 0; i < b->n_ops && rc == SK_OK; i++) {
+    store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_START || !op->existed)
+      continue;
+    int row = 0;
+    for (; row < PQntuples(r); row++)
+      if (strcmp(PQgetvalue(r, row, 0), op->wf->name) == 0 &&
+          strcmp(PQgetvalue(r, row, 1), op->idempotency_key) == 0)
+        break;
+    if (row == PQntuples(r)) {
+      rc = sk_error_set(err, SK_EINTERNAL,
+                        "idempotency key vanished during a start");
+      break;
+    }
+    snprintf(op->saga_id, sizeof(op->saga_id), "%s", PQgetvalue(r, row, 2));
+    op->status = SAGA_STATUS_RUNNING; /* started earlier in this batch */
+    if (!PQgetisnull(r, row, 3))
+      saga_status_parse(PQgetvalue(r, row, 3), &op->status);
+  }
+  PQclear(r);
+done:
+  pgarr_free(&wf);
+  pgarr_free(&key);
+  return rc;
+}
+
+static int claim_keys(PGconn *c, store_batch *b, sk_error *err) {
+  int rc = insert_keys(c, b, err);
+  return rc == SK_OK ? lookup_keys(c, b, err) : rc;
 }
 
 /* ---- step 4: decisions ----------------------------------------------------- */
@@ -389,6 +444,7 @@ static void add_task(writes *w, const store_env *env, const saga_state *st,
     w->n_claims++;
   } else if (due) {
     w->notify = true;
+    w->n_unclaimed_due++;
   } else if (w->next_due_ms == 0 || t->available_at_ms < w->next_due_ms) {
     w->next_due_ms = t->available_at_ms;
   }
@@ -775,6 +831,7 @@ static int write_all(PGconn *c, store_batch *b, attempt *a,
 static void reset_outputs(store_batch *b) {
   store_batch_clear_out(b);
   b->next_due_ms = 0;
+  b->n_unclaimed_due = 0;
   b->n_events = 0;
   b->n_fenced = 0;
   for (size_t i = 0; i < b->n_ops; i++) {
@@ -813,6 +870,7 @@ static int commit_once(PGconn *c, store_batch *b, const store_env *env,
   } else {
     b->n_events = a.w.n_events;
     b->next_due_ms = a.w.next_due_ms;
+    b->n_unclaimed_due = a.w.n_unclaimed_due + a.w.n_cancels;
     for (size_t i = 0; i < b->n_ops; i++)
       if (b->ops[i].rc == SK_ELEASE)
         b->n_fenced++;

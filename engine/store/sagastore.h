@@ -116,6 +116,7 @@ typedef struct store_batch {
   leased_task *claimed;
   size_t n_claimed;
   int64_t next_due_ms;       /* earliest future available_at inserted; 0 none */
+  size_t n_unclaimed_due;    /* due tasks inserted that were not claimed */
   size_t n_events;           /* events appended */
   size_t n_fenced;           /* results dropped by fencing */
   int attempts;              /* transaction attempts it took */

@@ -139,6 +139,8 @@ int pgtest_fresh_db(char *conninfo_out, size_t len) {
 
 void pgtest_drop_db(const char *conninfo) {
   char name[128], sql[256];
+  if (conninfo == NULL || conninfo[0] == '\0')
+    return; /* pgtest_fresh_db failed: nothing to drop */
   dbname_of(conninfo, name, sizeof(name));
   /* Only ever drop what pgtest_fresh_db made. */
   if (strncmp(name, "skald_test_", 11) != 0 || strchr(name, '"') != NULL) {

@@ -18,7 +18,8 @@
 int pgtest_fresh_db(char *conninfo_out, size_t len)
     __attribute__((warn_unused_result));
 
-/* Drops the database named by conninfo (connections to it are terminated).
+/* Drops the database named by conninfo (connections to it are terminated;
+ * an empty conninfo, left by a failed pgtest_fresh_db, is ignored).
  * Errors are printed, never fatal: cleanup must not hide the real failure. */
 void pgtest_drop_db(const char *conninfo);
 

@@ -56,7 +56,7 @@ Test(def, ref_and_unref_count) {
   def_workflow_unref(wf);
   cr_assert_eq(atomic_load(&wf->refs), 1);
   cr_assert_str_eq(wf->name, "wf"); /* still alive */
-  def_workflow_unref(wf);            /* freed: ASan checks no leak */
+  def_workflow_unref(wf);           /* freed: ASan checks no leak */
   cr_assert_null(def_workflow_ref(NULL));
 }
 

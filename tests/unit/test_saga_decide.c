@@ -19,7 +19,8 @@
 #define T0 1700000000000LL
 #define SAGA_ID "6f1c2a4e-0000-4000-8000-000000000001"
 
-/* ---- definitions ------------------------------------------------------------ */
+/* ---- definitions ------------------------------------------------------------
+ */
 
 static def_workflow *wf_new(size_t n) {
   def_workflow *wf = def_workflow_new();
@@ -74,7 +75,8 @@ static def_workflow *wf_chain(size_t n, const char *comps) {
   return wf;
 }
 
-/* ---- the harness -------------------------------------------------------------- */
+/* ---- the harness
+ * -------------------------------------------------------------- */
 
 typedef struct run {
   def_workflow *wf;
@@ -112,8 +114,8 @@ static void run_init(run *r, def_workflow *wf) {
 
 static void start(run *r, const char *input) {
   saga_decision_clear(&r->d);
-  int rc = saga_decide_start(r->wf, SAGA_ID, input, NULL, NULL, r->now,
-                             &r->rng, &r->d);
+  int rc = saga_decide_start(r->wf, SAGA_ID, input, NULL, NULL, r->now, &r->rng,
+                             &r->d);
   cr_assert_eq(rc, SK_OK, "start: %s", sk_err_name(rc));
   apply(r);
 }
@@ -129,29 +131,37 @@ static int result(run *r, int step, task_kind kind, int attempt, bool ok,
     res.err_retryable = retryable;
   }
   saga_decision_clear(&r->d);
-  int rc = saga_decide_result(r->wf, &r->st, &res, "node-1", r->now, &r->rng,
-                              &r->d);
+  int rc =
+      saga_decide_result(r->wf, &r->st, &res, "node-1", r->now, &r->rng, &r->d);
   if (rc == SK_OK)
     apply(r);
   return rc;
 }
 
 static void ok_fwd(run *r, int step, int attempt, const char *out) {
-  cr_assert_eq(result(r, step, TASK_KIND_FWD, attempt, true, out, false), SK_OK);
+  cr_assert_eq(result(r, step, TASK_KIND_FWD, attempt, true, out, false),
+               SK_OK);
 }
-static void fail_fwd(run *r, int step, int attempt, const char *type, bool retryable) {
-  cr_assert_eq(result(r, step, TASK_KIND_FWD, attempt, false, type, retryable), SK_OK);
+static void fail_fwd(run *r, int step, int attempt, const char *type,
+                     bool retryable) {
+  cr_assert_eq(result(r, step, TASK_KIND_FWD, attempt, false, type, retryable),
+               SK_OK);
 }
 static void ok_comp(run *r, int step, int attempt) {
-  cr_assert_eq(result(r, step, TASK_KIND_COMP, attempt, true, "{\"undone\":true}", false), SK_OK);
+  cr_assert_eq(result(r, step, TASK_KIND_COMP, attempt, true,
+                      "{\"undone\":true}", false),
+               SK_OK);
 }
 static void fail_comp(run *r, int step, int attempt, bool retryable) {
-  cr_assert_eq(result(r, step, TASK_KIND_COMP, attempt, false, "Down", retryable), SK_OK);
+  cr_assert_eq(
+      result(r, step, TASK_KIND_COMP, attempt, false, "Down", retryable),
+      SK_OK);
 }
 
 static int cancel(run *r, const char *reason) {
   saga_decision_clear(&r->d);
-  int rc = saga_decide_cancel(r->wf, &r->st, reason, "node-1", r->now, &r->rng, &r->d);
+  int rc = saga_decide_cancel(r->wf, &r->st, reason, "node-1", r->now, &r->rng,
+                              &r->d);
   if (rc == SK_OK)
     apply(r);
   return rc;
@@ -160,7 +170,8 @@ static int cancel(run *r, const char *reason) {
 static int replay(run *r, const char *from, const char *input) {
   saga_replay req = {.from_step = from, .step_input = input};
   saga_decision_clear(&r->d);
-  int rc = saga_decide_replay(r->wf, &r->st, &req, "node-1", r->now, &r->rng, &r->d);
+  int rc =
+      saga_decide_replay(r->wf, &r->st, &req, "node-1", r->now, &r->rng, &r->d);
   if (rc == SK_OK)
     apply(r);
   return rc;
@@ -223,7 +234,8 @@ static void run_finish(run *r) {
   def_workflow_unref(r->wf);
 }
 
-/* ---- start ------------------------------------------------------------------------- */
+/* ---- start
+ * ------------------------------------------------------------------------- */
 
 Test(decide_start, started_and_first_step_scheduled) {
   run r;
@@ -271,7 +283,9 @@ Test(decide_start, keys_and_replay_of_recorded) {
   saga_state_init(&st);
   saga_decision d;
   saga_rng rng = {1};
-  cr_assert_eq(saga_decide_start(wf, SAGA_ID, NULL, "k-1", "old-id", T0, &rng, &d), SK_OK);
+  cr_assert_eq(
+      saga_decide_start(wf, SAGA_ID, NULL, "k-1", "old-id", T0, &rng, &d),
+      SK_OK);
   cr_assert_eq(saga_apply(&st, &d), SK_OK);
   cr_expect_str_eq(st.idempotency_key, "k-1");
   cr_expect_str_eq(st.replay_of, "old-id");
@@ -285,20 +299,28 @@ Test(decide_start, refuses_bad_input_and_unsupported_steps) {
   def_workflow *wf = wf_chain(2, "");
   saga_decision d;
   saga_rng rng = {1};
-  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "[1]", NULL, NULL, T0, &rng, &d), SK_EJSON);
+  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "[1]", NULL, NULL, T0, &rng, &d),
+               SK_EJSON);
   cr_expect_eq(d.n_events, 0);
-  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{", NULL, NULL, T0, &rng, &d), SK_EJSON);
-  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "\"s\"", NULL, NULL, T0, &rng, &d), SK_EJSON);
-  cr_expect_eq(saga_decide_start(NULL, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d), SK_EINVAL);
-  cr_expect_eq(saga_decide_start(wf, NULL, "{}", NULL, NULL, T0, &rng, &d), SK_EINVAL);
+  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{", NULL, NULL, T0, &rng, &d),
+               SK_EJSON);
+  cr_expect_eq(
+      saga_decide_start(wf, SAGA_ID, "\"s\"", NULL, NULL, T0, &rng, &d),
+      SK_EJSON);
+  cr_expect_eq(saga_decide_start(NULL, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d),
+               SK_EINVAL);
+  cr_expect_eq(saga_decide_start(wf, NULL, "{}", NULL, NULL, T0, &rng, &d),
+               SK_EINVAL);
   wf->steps[1].fallback = calloc(1, sizeof(def_action));
-  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d), SK_ENOTSUP);
+  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d),
+               SK_ENOTSUP);
   cr_expect_eq(d.n_events, 0);
   def_action_clear(wf->steps[1].fallback);
   free(wf->steps[1].fallback);
   wf->steps[1].fallback = NULL;
   wf->steps[1].action.kind = DEF_KIND_PARALLEL;
-  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d), SK_ENOTSUP);
+  cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d),
+               SK_ENOTSUP);
   def_workflow_unref(wf);
 }
 
@@ -363,14 +385,16 @@ Test(decide_start, step_resources_bulkhead_timeout) {
   run_finish(&r);
 }
 
-/* ---- templates, sleep, http ---------------------------------------------------------- */
+/* ---- templates, sleep, http
+ * ---------------------------------------------------------- */
 
 Test(decide_inputs, templates_render_saga_and_step_values) {
   def_workflow *wf = wf_chain(2, "");
   wf->steps[0].action.input_json =
-      strdup("{\"x\":\"${input.a.b}\",\"id\":\"${saga.id}\",\"n\":\"${saga.attempt}\"}");
-  wf->steps[1].action.input_json =
-      strdup("{\"prev\":\"${steps.a.output.id}\",\"s\":\"id=${steps.a.output.id}\"}");
+      strdup("{\"x\":\"${input.a.b}\",\"id\":\"${saga.id}\",\"n\":\"${saga."
+             "attempt}\"}");
+  wf->steps[1].action.input_json = strdup(
+      "{\"prev\":\"${steps.a.output.id}\",\"s\":\"id=${steps.a.output.id}\"}");
   run r;
   run_init(&r, wf);
   start(&r, "{\"a\":{\"b\":[1,2]}}");
@@ -416,7 +440,8 @@ Test(decide_inputs, http_request_rendered) {
   a->http.method = strdup("POST");
   a->http.url = strdup("http://127.0.0.1:9000/hotels/${input.city}");
   a->http.headers_json = strdup("{\"X-Saga\":\"${saga.id}\"}");
-  a->http.body_json = strdup("{\"city\":\"${input.city}\",\"n\":\"${input.n}\"}");
+  a->http.body_json =
+      strdup("{\"city\":\"${input.city}\",\"n\":\"${input.n}\"}");
   def_step *s = &wf->steps[0];
   s->compensate = calloc(1, sizeof(def_action));
   s->compensate->kind = DEF_KIND_HTTP;
@@ -429,15 +454,18 @@ Test(decide_inputs, http_request_rendered) {
   saga_task *t = &r.d.tasks[0];
   cr_expect_eq(t->action, DEF_KIND_HTTP);
   cr_expect_str_eq(t->task_type, "");
-  cr_expect_str_eq(t->input,
-                   "{\"method\":\"POST\",\"url\":\"http://127.0.0.1:9000/hotels/oslo\","
-                   "\"headers\":{\"X-Saga\":\"" SAGA_ID "\"},"
-                   "\"body\":{\"city\":\"oslo\",\"n\":3}}");
+  cr_expect_str_eq(
+      t->input,
+      "{\"method\":\"POST\",\"url\":\"http://127.0.0.1:9000/hotels/oslo\","
+      "\"headers\":{\"X-Saga\":\"" SAGA_ID "\"},"
+      "\"body\":{\"city\":\"oslo\",\"n\":3}}");
   fail_fwd(&r, 0, 1, "HttpError", false);
   t = &r.d.tasks[0];
   cr_expect_eq(t->action, DEF_KIND_HTTP);
   /* A url that is one template of a number still becomes a string. */
-  cr_expect_str_eq(t->input, "{\"method\":\"DELETE\",\"url\":\"3\",\"headers\":{},\"body\":null}");
+  cr_expect_str_eq(
+      t->input,
+      "{\"method\":\"DELETE\",\"url\":\"3\",\"headers\":{},\"body\":null}");
   run_finish(&r);
 }
 
@@ -449,13 +477,15 @@ Test(decide_inputs, default_compensation_input) {
   ok_fwd(&r, 0, 1, "{\"id\":\"x\"}");
   fail_fwd(&r, 1, 1, "Fatal", false);
   expect_types(&r, "StepFailed,CompensationStarted,CompensationScheduled");
-  cr_expect_str_eq(r.d.tasks[0].input, "{\"input\":{\"k\":1},\"output\":{\"id\":\"x\"}}");
+  cr_expect_str_eq(r.d.tasks[0].input,
+                   "{\"input\":{\"k\":1},\"output\":{\"id\":\"x\"}}");
   run_finish(&r);
 }
 
 Test(decide_inputs, compensation_template_sees_own_output) {
   def_workflow *wf = wf_chain(2, "a");
-  wf->steps[0].compensate->input_json = strdup("{\"booking\":\"${steps.a.output.id}\"}");
+  wf->steps[0].compensate->input_json =
+      strdup("{\"booking\":\"${steps.a.output.id}\"}");
   run r;
   run_init(&r, wf);
   start(&r, "{}");
@@ -476,12 +506,14 @@ Test(decide_inputs, template_error_on_first_step) {
   start(&r, "{}");
   /* Never scheduled: fails at attempt 0, and nothing to compensate (not even
    * itself: it never ran). */
-  expect_types(&r, "SagaStarted,StepFailed,CompensationStarted,SagaCompensated");
+  expect_types(&r,
+               "SagaStarted,StepFailed,CompensationStarted,SagaCompensated");
   cr_expect_eq(r.d.n_tasks, 0);
   cr_expect_eq(r.d.events[1].attempt, 0);
   cJSON *p = payload(&r, 1);
   cJSON *e = cJSON_GetObjectItem(p, "error");
-  cr_expect_str_eq(cJSON_GetObjectItem(e, "type")->valuestring, "TemplateError");
+  cr_expect_str_eq(cJSON_GetObjectItem(e, "type")->valuestring,
+                   "TemplateError");
   cr_expect(cJSON_IsFalse(cJSON_GetObjectItem(e, "retryable")));
   cr_expect(cJSON_IsTrue(cJSON_GetObjectItem(p, "final")));
   cJSON_Delete(p);
@@ -497,7 +529,8 @@ Test(decide_inputs, template_error_on_next_step_compensates) {
   run_init(&r, wf);
   start(&r, "{}");
   ok_fwd(&r, 0, 1, "{}");
-  expect_types(&r, "StepCompleted,StepFailed,CompensationStarted,CompensationScheduled");
+  expect_types(
+      &r, "StepCompleted,StepFailed,CompensationStarted,CompensationScheduled");
   cr_expect_eq(r.d.events[1].step, 1);
   cr_expect_eq(r.d.n_tasks, 1);
   cr_expect_eq(r.d.tasks[0].step, 0);
@@ -522,7 +555,8 @@ Test(decide_inputs, template_error_in_compensation_fails_saga) {
   run_finish(&r);
 }
 
-/* ---- forward ------------------------------------------------------------------------- */
+/* ---- forward
+ * ------------------------------------------------------------------------- */
 
 Test(decide_forward, happy_path_completes_with_outputs) {
   run r;
@@ -560,7 +594,8 @@ Test(decide_forward, retry_then_success) {
   fail_fwd(&r, 0, 1, "Flaky", true);
   expect_types(&r, "StepFailed,RetryScheduled");
   expect_field(&r, 0, "final", "false");
-  expect_field(&r, 0, "error", "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
+  expect_field(&r, 0, "error",
+               "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
   cr_expect_eq(r.d.events[0].attempt, 1);
   cr_expect_eq(r.d.events[1].attempt, 2);
   expect_field(&r, 1, "kind", "\"fwd\"");
@@ -593,11 +628,14 @@ Test(decide_forward, attempts_exhausted) {
   fail_fwd(&r, 1, 2, "Flaky", true);
   expect_types(&r, "StepFailed,CompensationStarted,CompensationScheduled");
   expect_field(&r, 0, "final", "true");
-  expect_field(&r, 1, "reason", "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
+  expect_field(&r, 1, "reason",
+               "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
   cr_expect_eq(r.st.steps[1].status, STEP_STATUS_FAILED);
   cr_expect_eq(r.st.status, SAGA_STATUS_COMPENSATING);
   cr_expect_eq(r.st.phase, SAGA_PHASE_COMPENSATING);
-  cr_expect_str_eq(r.st.error, "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
+  cr_expect_str_eq(
+      r.st.error,
+      "{\"type\":\"Flaky\",\"message\":\"boom\",\"retryable\":true}");
   run_finish(&r);
 }
 
@@ -662,16 +700,20 @@ Test(decide_forward, output_null_and_missing_error_fields) {
   start(&r, "{}");
   ok_fwd(&r, 0, 1, "null");
   cr_expect_null(r.st.steps[0].output);
-  saga_result res = {.step = 1, .kind = TASK_KIND_FWD, .attempt = 1, .ok = false};
+  saga_result res = {
+      .step = 1, .kind = TASK_KIND_FWD, .attempt = 1, .ok = false};
   saga_decision_clear(&r.d);
-  cr_assert_eq(saga_decide_result(r.wf, &r.st, &res, NULL, r.now, &r.rng, &r.d), SK_OK);
+  cr_assert_eq(saga_decide_result(r.wf, &r.st, &res, NULL, r.now, &r.rng, &r.d),
+               SK_OK);
   apply(&r);
-  expect_field(&r, 0, "error", "{\"type\":\"Error\",\"message\":\"\",\"retryable\":false}");
+  expect_field(&r, 0, "error",
+               "{\"type\":\"Error\",\"message\":\"\",\"retryable\":false}");
   cr_expect_null(r.d.events[0].node);
   run_finish(&r);
 }
 
-/* ---- deadlines ------------------------------------------------------------------------- */
+/* ---- deadlines
+ * ------------------------------------------------------------------------- */
 
 Test(decide_deadline, next_step_after_deadline_times_out) {
   def_workflow *wf = wf_chain(3, "ab");
@@ -685,12 +727,14 @@ Test(decide_deadline, next_step_after_deadline_times_out) {
   cr_expect_eq(r.d.tasks[0].timeout_ms, 1);
   r.now = T0 + 1000;
   ok_fwd(&r, 1, 1, "{}");
-  expect_types(&r, "StepCompleted,StepFailed,CompensationStarted,CompensationScheduled");
+  expect_types(
+      &r, "StepCompleted,StepFailed,CompensationStarted,CompensationScheduled");
   cr_expect_eq(r.d.events[1].step, 2);
   cr_expect_eq(r.d.events[1].attempt, 0);
   cJSON *p = payload(&r, 1);
-  cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "error"), "type")->valuestring,
-                   "SagaTimeout");
+  cr_expect_str_eq(
+      cJSON_GetObjectItem(cJSON_GetObjectItem(p, "error"), "type")->valuestring,
+      "SagaTimeout");
   cJSON_Delete(p);
   cr_expect_eq(r.d.events[3].step, 1);
   cr_expect_eq(r.st.steps[2].status, STEP_STATUS_FAILED);
@@ -724,7 +768,8 @@ Test(decide_deadline, retry_past_deadline_becomes_saga_timeout) {
   cJSON *e = cJSON_GetObjectItem(p, "error");
   cr_expect_str_eq(cJSON_GetObjectItem(e, "type")->valuestring, "SagaTimeout");
   cr_expect(cJSON_IsFalse(cJSON_GetObjectItem(e, "retryable")));
-  cr_expect_not_null(strstr(cJSON_GetObjectItem(e, "message")->valuestring, "Flaky"));
+  cr_expect_not_null(
+      strstr(cJSON_GetObjectItem(e, "message")->valuestring, "Flaky"));
   cJSON_Delete(p);
   run_finish(&r);
 }
@@ -737,11 +782,13 @@ Test(decide_deadline, non_retryable_error_keeps_its_type) {
   start(&r, "{}");
   r.now = T0 + 5;
   fail_fwd(&r, 0, 1, "Fatal", false);
-  expect_field(&r, 0, "error", "{\"type\":\"Fatal\",\"message\":\"boom\",\"retryable\":false}");
+  expect_field(&r, 0, "error",
+               "{\"type\":\"Fatal\",\"message\":\"boom\",\"retryable\":false}");
   run_finish(&r);
 }
 
-/* ---- compensation ------------------------------------------------------------------------- */
+/* ---- compensation
+ * ------------------------------------------------------------------------- */
 
 Test(decide_comp, strict_reverse_order_skipping_non_compensable) {
   run r;
@@ -868,7 +915,8 @@ Test(decide_comp, exhausted_fails_the_saga) {
   fail_comp(&r, 1, 2, true);
   expect_types(&r, "CompensationFailed,SagaFailed");
   expect_field(&r, 0, "final", "true");
-  expect_field(&r, 1, "error", "{\"type\":\"Down\",\"message\":\"boom\",\"retryable\":true}");
+  expect_field(&r, 1, "error",
+               "{\"type\":\"Down\",\"message\":\"boom\",\"retryable\":true}");
   cr_expect_eq(r.d.n_tasks, 0);
   cr_expect_eq(r.st.status, SAGA_STATUS_FAILED);
   cr_expect_eq(r.st.phase, SAGA_PHASE_COMPENSATING);
@@ -905,7 +953,9 @@ Test(decide_comp, workflow_default_max_attempts_not_applied_to_comp) {
   run_finish(&r);
 }
 
-/* ---- pause ---------------------------------------------------------------------------------- */
+/* ---- pause
+ * ----------------------------------------------------------------------------------
+ */
 
 static void to_paused(run *r, size_t n, int fail_at) {
   def_workflow *wf = wf_chain(n, "abcd");
@@ -921,7 +971,8 @@ Test(decide_pause, pauses_instead_of_compensating) {
   run r;
   to_paused(&r, 4, 2);
   expect_types(&r, "StepFailed,SagaPaused");
-  expect_field(&r, 1, "error", "{\"type\":\"Fatal\",\"message\":\"boom\",\"retryable\":false}");
+  expect_field(&r, 1, "error",
+               "{\"type\":\"Fatal\",\"message\":\"boom\",\"retryable\":false}");
   cr_expect_eq(r.st.status, SAGA_STATUS_PAUSED);
   cr_expect_eq(r.st.phase, SAGA_PHASE_FORWARD);
   cr_expect_eq(r.st.cursor, 2);
@@ -931,7 +982,9 @@ Test(decide_pause, pauses_instead_of_compensating) {
   run_finish(&r);
 }
 
-/* ---- cancel --------------------------------------------------------------------------------- */
+/* ---- cancel
+ * ---------------------------------------------------------------------------------
+ */
 
 Test(decide_cancel, running_step_in_flight_then_success) {
   run r;
@@ -952,7 +1005,8 @@ Test(decide_cancel, running_step_in_flight_then_success) {
   ok_fwd(&r, 1, 1, "{}");
   expect_types(&r, "StepCompleted,CompensationStarted,CompensationScheduled");
   cJSON *p = payload(&r, 1);
-  cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "reason"), "type")->valuestring,
+  cr_expect_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "reason"), "type")
+                       ->valuestring,
                    "Cancelled");
   cJSON_Delete(p);
   cr_expect_eq(r.d.events[2].step, 1);
@@ -1029,7 +1083,9 @@ Test(decide_cancel, paused_compensates_at_once) {
   r.wf->steps[2].compensate_on_failure = true;
   cr_assert_eq(cancel(&r, "give up"), SK_OK);
   expect_types(&r, "CancelRequested,CompensationStarted,CompensationScheduled");
-  expect_field(&r, 1, "reason", "{\"type\":\"Cancelled\",\"message\":\"give up\",\"retryable\":false}");
+  expect_field(
+      &r, 1, "reason",
+      "{\"type\":\"Cancelled\",\"message\":\"give up\",\"retryable\":false}");
   cr_expect_eq(r.d.events[2].step, 2);
   cr_expect_eq(r.d.cancel_step, -1);
   ok_comp(&r, 2, 1);
@@ -1080,7 +1136,9 @@ Test(decide_cancel, settled_statuses_refuse) {
   run_finish(&r);
 }
 
-/* ---- replay ---------------------------------------------------------------------------------- */
+/* ---- replay
+ * ----------------------------------------------------------------------------------
+ */
 
 static void to_failed(run *r) {
   def_workflow *wf = wf_chain(3, "abc");
@@ -1241,7 +1299,9 @@ Test(decide_replay, link_settled_saga) {
   run_finish(&r);
 }
 
-/* ---- stale results ---------------------------------------------------------------------------- */
+/* ---- stale results
+ * ----------------------------------------------------------------------------
+ */
 
 Test(decide_stale, every_kind_is_refused_with_empty_decision) {
   def_workflow *wf = wf_chain(3, "ab");
@@ -1249,7 +1309,11 @@ Test(decide_stale, every_kind_is_refused_with_empty_decision) {
   run_init(&r, wf);
   start(&r, "{}");
   fail_fwd(&r, 0, 1, "Flaky", true);
-  struct { int step; task_kind kind; int attempt; } bad[] = {
+  struct {
+    int step;
+    task_kind kind;
+    int attempt;
+  } bad[] = {
       {0, TASK_KIND_FWD, 1},  /* superseded attempt */
       {0, TASK_KIND_FWD, 3},  /* future attempt */
       {1, TASK_KIND_FWD, 1},  /* not the cursor */
@@ -1257,8 +1321,9 @@ Test(decide_stale, every_kind_is_refused_with_empty_decision) {
       {-1, TASK_KIND_FWD, 2}, {7, TASK_KIND_FWD, 2},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    cr_expect_eq(result(&r, bad[i].step, bad[i].kind, bad[i].attempt, true, "{}", false),
-                 SK_ESTATE, "case %zu", i);
+    cr_expect_eq(
+        result(&r, bad[i].step, bad[i].kind, bad[i].attempt, true, "{}", false),
+        SK_ESTATE, "case %zu", i);
     cr_expect_eq(r.d.n_events, 0);
     cr_expect_eq(r.d.n_tasks, 0);
   }
@@ -1285,19 +1350,25 @@ Test(decide_stale, mismatched_definition) {
   run_init(&r, wf_chain(2, ""));
   start(&r, "{}");
   def_workflow *other = wf_chain(3, "");
-  saga_result res = {.step = 0, .kind = TASK_KIND_FWD, .attempt = 1, .ok = true};
+  saga_result res = {
+      .step = 0, .kind = TASK_KIND_FWD, .attempt = 1, .ok = true};
   saga_decision d;
-  cr_expect_eq(saga_decide_result(other, &r.st, &res, NULL, T0, &r.rng, &d), SK_EINVAL);
+  cr_expect_eq(saga_decide_result(other, &r.st, &res, NULL, T0, &r.rng, &d),
+               SK_EINVAL);
   other->n_steps = 2;
   other->version = 2;
-  cr_expect_eq(saga_decide_result(other, &r.st, &res, NULL, T0, &r.rng, &d), SK_EINVAL);
-  cr_expect_eq(saga_decide_cancel(other, &r.st, NULL, NULL, T0, &r.rng, &d), SK_EINVAL);
+  cr_expect_eq(saga_decide_result(other, &r.st, &res, NULL, T0, &r.rng, &d),
+               SK_EINVAL);
+  cr_expect_eq(saga_decide_cancel(other, &r.st, NULL, NULL, T0, &r.rng, &d),
+               SK_EINVAL);
   other->n_steps = 3;
   def_workflow_unref(other);
   run_finish(&r);
 }
 
-/* ---- determinism --------------------------------------------------------------------------------- */
+/* ---- determinism
+ * ---------------------------------------------------------------------------------
+ */
 
 static char *decision_text(const saga_decision *d) {
   size_t cap = 1 << 16;
@@ -1307,14 +1378,16 @@ static char *decision_text(const saga_decision *d) {
     const saga_event *e = &d->events[i];
     n += (size_t)snprintf(s + n, cap - n, "E%lld|%d|%d|%d|%s|%s|%lld\n",
                           (long long)e->seq, e->type, e->step, e->attempt,
-                          e->node ? e->node : "-", e->payload, (long long)e->ts_ms);
+                          e->node ? e->node : "-", e->payload,
+                          (long long)e->ts_ms);
   }
   for (size_t i = 0; i < d->n_tasks; i++) {
     const saga_task *t = &d->tasks[i];
-    n += (size_t)snprintf(s + n, cap - n, "T%d|%d|%d|%d|%s|%s|%s|%lld|%lld|%d|%lld\n",
-                          t->step, t->kind, t->attempt, t->action, t->task_type,
-                          t->input, t->bulkhead, (long long)t->available_at_ms,
-                          (long long)t->timeout_ms, t->gpus, (long long)t->gpu_memory_mb);
+    n += (size_t)snprintf(
+        s + n, cap - n, "T%d|%d|%d|%d|%s|%s|%s|%lld|%lld|%d|%lld\n", t->step,
+        t->kind, t->attempt, t->action, t->task_type, t->input, t->bulkhead,
+        (long long)t->available_at_ms, (long long)t->timeout_ms, t->gpus,
+        (long long)t->gpu_memory_mb);
   }
   snprintf(s + n, cap - n, "C%d", d->cancel_step);
   return s;

@@ -127,7 +127,8 @@ Test(template, interpolation_of_every_type) {
   expect("\"from ${input.from} to ${input.obj.k.1}\"", "\"from OSL to two\"");
   expect("\"n=${input.n} f=${input.f} y=${input.yes} z=${input.nil}\"",
          "\"n=7 f=-1.25 y=false z=null\"");
-  expect("\"o=${input.obj}\"", "\"o={\\\"k\\\":[1,\\\"two\\\",{\\\"x\\\":3}]}\"");
+  expect("\"o=${input.obj}\"",
+         "\"o={\\\"k\\\":[1,\\\"two\\\",{\\\"x\\\":3}]}\"");
   expect("\"${input.from}${input.from}\"", "\"OSLOSL\"");
   expect("\"${input.from}!\"", "\"OSL!\"");
   expect("\" ${input.n}\"", "\" 7\"");
@@ -154,8 +155,9 @@ Test(template, step_outputs) {
 }
 
 Test(template, unknown_step_is_missing) {
-  expect("{\"x\":\"${steps.ghost.output.id}\",\"y\":\"<${steps.ghost.output}>\"}",
-         "{\"x\":null,\"y\":\"<>\"}");
+  expect(
+      "{\"x\":\"${steps.ghost.output.id}\",\"y\":\"<${steps.ghost.output}>\"}",
+      "{\"x\":null,\"y\":\"<>\"}");
   cr_assert_eq(outs.unknown_calls, 1); /* cached after the first look-up */
   cr_assert_str_eq(outs.last_unknown, "ghost");
 }
@@ -164,9 +166,9 @@ Test(template, lazy_and_cached_step_outputs) {
   expect("[\"${steps.hotel.output.id}\",\"${steps.hotel.output}\","
          "\"x ${steps.hotel.output.id}\"]",
          "[42,{\"id\":42},\"x 42\"]");
-  cr_assert_eq(outs.calls[1], 1);      /* parsed once, however often used */
-  cr_assert_eq(outs.calls[0], 0);      /* never asked for unreferenced steps */
-  cr_assert_eq(outs.calls[2], 0);      /* broken output never touched */
+  cr_assert_eq(outs.calls[1], 1); /* parsed once, however often used */
+  cr_assert_eq(outs.calls[0], 0); /* never asked for unreferenced steps */
+  cr_assert_eq(outs.calls[2], 0); /* broken output never touched */
   cr_assert_eq(outs.unknown_calls, 0);
 }
 
