@@ -19,8 +19,9 @@
  *
  * Thread safety
  *   - sk_engine_* and sk_run_* / sk_saga_* functions may be called from any
- *     thread once the engine is open. Registration (handlers, bulkheads,
- *     workflows) must happen before sk_engine_start() / sk_engine_run().
+ *     thread once the engine is open. Handlers and bulkheads must be
+ *     registered before sk_engine_start() / sk_engine_run(); workflows may
+ *     be registered at any time (a new version while the engine runs).
  *   - Handlers run on worker threads of their bulkhead, never on the thread
  *     that called sk_engine_run().
  */
