@@ -142,7 +142,10 @@ struct sk_engine {
   uv_timer_t watchdog_timer;
   uv_timer_t retry_timer;
   uv_poll_t listen_poll;
-  bool listen_active;
+  bool listen_active;       /* listen_poll is initialised (not closed) */
+  bool listen_busy;         /* a reconnect of listen_conn is in flight */
+  int64_t listen_tried_ms;  /* last reconnect attempt (monotonic) */
+  size_t isolate_left;      /* commit this many ops one at a time */
   PGconn *commit_conn, *dequeue_conn, *aux_conn, *listen_conn;
   bool commit_busy, dequeue_busy, aux_busy;
   bool dequeue_wanted;

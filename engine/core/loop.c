@@ -39,6 +39,7 @@ static void maybe_dequeue(struct sk_engine *e);
 static void maybe_finish(struct sk_engine *e);
 static void due_cb(uv_timer_t *t);
 static void retry_cb(uv_timer_t *t);
+static void listen_reconnect(struct sk_engine *e);
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -280,12 +281,49 @@ static void commit_succeeded(struct sk_engine *e, commit_work *w) {
   }
 }
 
+/* True if retrying the same batch may succeed: a transient SQL error, a
+ * lost connection (reset before the next try) or a failed allocation. */
+static bool failure_is_transient(struct sk_engine *e, const commit_work *w) {
+  if (w->rc == SK_ENOMEM)
+    return true;
+  if (w->rc != SK_EDB)
+    return false;
+  return db_sqlstate_transient(w->err.sqlstate) ||
+         PQstatus(e->commit_conn) != CONNECTION_OK;
+}
+
+/* A lone op that fails for a reason retrying cannot cure. A result is
+ * dropped (its lease expires and the attempt runs again elsewhere, still
+ * isolated); an API op returns the error to its caller. Everything else in
+ * the engine goes on. */
+static void drop_poison(struct sk_engine *e, commit_work *w) {
+  store_op *op = &w->batch.ops[0];
+  if (w->n_results == 1) {
+    log_write(LOG_ERROR, "dropping a result that cannot be committed",
+              "saga_id", op->lease.saga_id, "#step", (int64_t)op->lease.step,
+              "error", w->err.message, "sqlstate", w->err.sqlstate, NULL);
+    return; /* commit_work_free clears it */
+  }
+  pthread_mutex_lock(&e->mu);
+  finish_api_op(w->api[0], op, w->rc, &w->err);
+  pthread_mutex_unlock(&e->mu);
+}
+
 /* Puts a failed batch back: results to the front of the queue, API ops to
- * the front of theirs, and retries after a backoff. */
+ * the front of theirs, and retries after a backoff. A batch that failed
+ * for a non-transient reason is retried one op at a time, so one poison op
+ * cannot hold up every other saga. */
 static void commit_failed(struct sk_engine *e, commit_work *w) {
-  log_write(LOG_ERROR, "group commit failed, will retry", "error",
-            w->err.message, "sqlstate", w->err.sqlstate, "#ops",
-            (int64_t)w->batch.n_ops, NULL);
+  bool transient = failure_is_transient(e, w);
+  log_write(LOG_ERROR, "group commit failed", "error", w->err.message,
+            "sqlstate", w->err.sqlstate, "#ops", (int64_t)w->batch.n_ops,
+            "retry", transient ? "whole batch" : "one op at a time", NULL);
+  if (!transient && w->batch.n_ops == 1) {
+    drop_poison(e, w);
+    return;
+  }
+  if (!transient && e->isolate_left < w->batch.n_ops)
+    e->isolate_left = w->batch.n_ops;
   size_t n = w->n_results;
   if (n > 0) {
     store_op *merged = malloc((n + e->n_results + 1) * sizeof(store_op));
@@ -309,7 +347,10 @@ static void commit_failed(struct sk_engine *e, commit_work *w) {
       e->api_tail = a;
   }
   pthread_mutex_unlock(&e->mu);
-  /* Back off while the database is away: 100 ms doubling to 5 s. */
+  /* Back off while the database is away: 100 ms doubling to 5 s. A batch
+   * being isolated goes on at once. */
+  if (!transient)
+    return;
   e->commit_backoff = true;
   e->retry_delay_ms = e->retry_delay_ms == 0 ? RETRY_MIN_MS
                                              : e->retry_delay_ms * 2;
@@ -388,7 +429,9 @@ static void maybe_commit(struct sk_engine *e) {
   commit_work *w = commit_work_new(e);
   if (w == NULL)
     return; /* retried on the next wake-up */
-  size_t max = (size_t)e->o.max_batch;
+  size_t max = e->isolate_left > 0 ? 1 : (size_t)e->o.max_batch;
+  if (e->isolate_left > 0)
+    e->isolate_left--;
   size_t nr = e->n_results < max ? e->n_results : max;
   if (nr > 0) {
     memcpy(w->batch.ops, e->results, nr * sizeof(store_op));
@@ -685,6 +728,7 @@ static void renew_cb(uv_timer_t *t) {
 
 static void watchdog_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
+  listen_reconnect(e);
   int64_t now = clock_mono_ms();
   bool any = false;
   for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
@@ -726,11 +770,22 @@ static void due_cb(uv_timer_t *t) {
   maybe_dequeue(e);
 }
 
+static void listen_closed_cb(uv_handle_t *h) {
+  struct sk_engine *e = h->data;
+  e->handles_open--;
+  e->listen_active = false;
+  maybe_finish(e);
+}
+
 static void listen_cb(uv_poll_t *p, int status, int events) {
   struct sk_engine *e = p->data;
   if (status < 0 || !PQconsumeInput(e->listen_conn)) {
-    log_write(LOG_WARNING, "lost the notification connection; polling", NULL);
-    uv_poll_stop(&e->listen_poll);
+    /* The poll timer reconnects; until then polling covers. */
+    log_write(LOG_WARNING, "lost the notification connection; polling until "
+                           "it is back",
+              NULL);
+    if (!uv_is_closing((uv_handle_t *)&e->listen_poll))
+      uv_close((uv_handle_t *)&e->listen_poll, listen_closed_cb);
     return;
   }
   PGnotify *n;
@@ -739,6 +794,65 @@ static void listen_cb(uv_poll_t *p, int status, int events) {
     e->dequeue_wanted = true;
   }
   maybe_dequeue(e);
+}
+
+static int listen_start(struct sk_engine *e) {
+  if (uv_poll_init(&e->loop, &e->listen_poll, PQsocket(e->listen_conn)) != 0)
+    return SK_EIO;
+  e->listen_poll.data = e;
+  e->handles_open++;
+  e->listen_active = true;
+  uv_poll_start(&e->listen_poll, UV_READABLE, listen_cb);
+  return SK_OK;
+}
+
+typedef struct listen_work {
+  uv_work_t req;
+  struct sk_engine *e;
+  int rc;
+} listen_work;
+
+static void listen_work_fn(uv_work_t *req) {
+  listen_work *w = req->data;
+  PQreset(w->e->listen_conn);
+  w->rc = PQstatus(w->e->listen_conn) == CONNECTION_OK
+              ? db_exec(w->e->listen_conn,
+                        "LISTEN " SAGASTORE_NOTIFY_CHANNEL, NULL)
+              : SK_EDB;
+}
+
+static void listen_after(uv_work_t *req, int status) {
+  listen_work *w = req->data;
+  struct sk_engine *e = w->e;
+  e->listen_busy = false;
+  if (w->rc == SK_OK && atomic_load(&e->state) == ENGINE_STATE_RUNNING &&
+      listen_start(e) == SK_OK) {
+    log_write(LOG_INFO, "notification connection is back", NULL);
+    e->dequeue_wanted = true; /* whatever was announced meanwhile */
+  }
+  free(w);
+  maybe_dequeue(e);
+  maybe_finish(e);
+}
+
+/* Called from the watchdog (at most once a second while the connection is
+ * down): re-establishes LISTEN off the loop thread. */
+static void listen_reconnect(struct sk_engine *e) {
+  int64_t now = clock_mono_ms();
+  if (e->listen_active || e->listen_busy || now - e->listen_tried_ms < 1000 ||
+      atomic_load(&e->state) != ENGINE_STATE_RUNNING)
+    return;
+  e->listen_tried_ms = now;
+  listen_work *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return;
+  w->e = e;
+  w->req.data = w;
+  e->listen_busy = true;
+  if (uv_queue_work(&e->loop, &w->req, listen_work_fn, listen_after) != 0) {
+    e->listen_busy = false;
+    free(w);
+  }
 }
 
 static void release_queued(struct sk_engine *e) {
@@ -795,7 +909,7 @@ static void maybe_finish(struct sk_engine *e) {
   if (atomic_load(&e->state) != ENGINE_STATE_STOPPING)
     return;
   if (e->n_inflight > 0 || e->n_results > 0 || e->commit_busy ||
-      e->dequeue_busy || e->aux_busy || api_pending(e))
+      e->dequeue_busy || e->aux_busy || e->listen_busy || api_pending(e))
     return;
   if (uv_is_closing((uv_handle_t *)&e->wake))
     return;
@@ -849,12 +963,10 @@ int loop_init(struct sk_engine *e) {
     e->handles_open++;
   }
   e->listen_active = false;
-  if (uv_poll_init(&e->loop, &e->listen_poll, PQsocket(e->listen_conn)) == 0) {
-    e->listen_poll.data = e;
-    e->handles_open++;
-    e->listen_active = true;
-    uv_poll_start(&e->listen_poll, UV_READABLE, listen_cb);
-  }
+  if (listen_start(e) != SK_OK)
+    log_write(LOG_WARNING, "cannot watch the notification connection; "
+                           "polling",
+              NULL);
   uint64_t poll = (uint64_t)e->o.poll_interval_ms;
   uv_timer_start(&e->poll_timer, poll_cb, 0, poll);
   uint64_t renew = (uint64_t)(e->o.lease_ttl_ms / 3);

@@ -171,3 +171,30 @@ Test(lifecycle, stop_and_close_in_every_state, .init = setup,
   sk_engine_close(NULL);
   cr_assert_eq(sk_engine_stop(NULL), SK_EINVAL);
 }
+
+Test(lifecycle, notify_survives_a_terminated_connection, .init = setup,
+     .fini = teardown, .timeout = 60) {
+  sk_engine *worker = open_engine("worker2", 60000, 15000, 4);
+  register_wf(worker, "noop");
+  cr_assert_eq(sk_engine_start(worker), SK_OK);
+  usleep(300000);
+  /* Kill the worker's LISTEN connection (and every other of its backends:
+   * the engine must reconnect them all). */
+  pgtest_exec(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = current_database() "
+                  "AND pid <> pg_backend_pid()");
+  usleep(1500000); /* reconnects within about a second */
+
+  sk_engine *client = open_engine("client2", 60000, 15000, 1);
+  register_wf(client, "noop");
+  char id[SK_ID_LEN];
+  sk_error err = {0};
+  cr_assert_eq(sk_run_start(client, "wf_noop", "{}", NULL, id, NULL, &err),
+               SK_OK, "%s", err.message);
+  sk_status st;
+  cr_assert_eq(sk_saga_wait(client, id, 10000, &st), SK_OK,
+               "after losing its connections the idle engine was not woken");
+  cr_assert_eq(st, SK_STATUS_COMPLETED);
+  sk_engine_close(client);
+  sk_engine_close(worker);
+}
