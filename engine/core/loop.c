@@ -242,6 +242,7 @@ static void finish_api_op(api_op *a, const store_op *res, int rc,
                           const sk_error *err) {
   a->op.rc = res->rc;
   a->op.existed = res->existed;
+  a->op.replayed_new = res->replayed_new;
   a->op.status = res->status;
   memcpy(a->op.saga_id, res->saga_id, sizeof(a->op.saga_id));
   a->rc = rc;
@@ -1075,6 +1076,7 @@ int loop_submit_op(struct sk_engine *e, store_op *op, sk_error *err) {
   pthread_cond_destroy(&a.cv);
   op->rc = a.op.rc;
   op->existed = a.op.existed;
+  op->replayed_new = a.op.replayed_new;
   op->status = a.op.status;
   memcpy(op->saga_id, a.op.saga_id, sizeof(op->saga_id));
   if (a.rc != SK_OK && err != NULL)

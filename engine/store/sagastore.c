@@ -144,7 +144,9 @@ static void attempt_free(attempt *a) {
 
 /* Collects the distinct saga ids of non-start ops, sorted. */
 static int collect_touched(const store_batch *b, attempt *a) {
-  a->t = calloc(b->n_ops ? b->n_ops : 1, sizeof(touched));
+  /* Room for every loaded saga plus every saga a start or a new-run
+   * replay adds. */
+  a->t = calloc(b->n_ops ? 2 * b->n_ops : 1, sizeof(touched));
   if (a->t == NULL)
     return SK_ENOMEM;
   for (size_t i = 0; i < b->n_ops; i++) {
@@ -507,6 +509,32 @@ static touched *find_any(attempt *a, const char *id) {
   return NULL;
 }
 
+/* Replays a compensated or cancelled saga as a new run of the same version
+ * with the same (or the given) input, and links the two. */
+static int replay_new_run(attempt *a, touched *old, store_op *op,
+                          const def_workflow *wf, const store_env *env) {
+  if (op->from_step != NULL || op->step_input != NULL)
+    return SK_EINVAL; /* those resume a paused saga in place */
+  store_op start;
+  memset(&start, 0, sizeof(start));
+  start.type = STORE_OP_START;
+  start.wf = wf;
+  memcpy(start.saga_id, op->new_saga_id, sizeof(start.saga_id));
+  start.input = op->input != NULL ? op->input : old->st.input;
+  start.replay_of = old->id;
+  int rc = decide_start(a, &start, env);
+  if (rc != SK_OK)
+    return rc;
+  saga_decision d;
+  saga_decision_init(&d);
+  rc = saga_decide_link(&old->st, op->new_saga_id, env->node, env->now_ms, &d);
+  if (rc == SK_OK)
+    rc = take_decision(a, old, env, &d);
+  saga_decision_clear(&d);
+  op->replayed_new = rc == SK_OK;
+  return rc;
+}
+
 static int decide_existing(attempt *a, store_op *op, const store_env *env,
                            PGconn *c) {
   const char *id = op->type == STORE_OP_RESULT ? op->lease.saga_id
@@ -545,6 +573,15 @@ static int decide_existing(attempt *a, store_op *op, const store_env *env,
                             env->rng, &d);
     break;
   case STORE_OP_REPLAY: {
+    if (t->st.status == SAGA_STATUS_COMPENSATED ||
+        t->st.status == SAGA_STATUS_CANCELLED) {
+      rc = replay_new_run(a, t, op, wf, env);
+      break;
+    }
+    if (op->input != NULL) {
+      rc = SK_EINVAL; /* a new input belongs to a new run */
+      break;
+    }
     saga_replay req = {.from_step = op->from_step,
                        .step_input = op->step_input};
     rc = saga_decide_replay(wf, &t->st, &req, env->node, env->now_ms,
@@ -837,6 +874,7 @@ static void reset_outputs(store_batch *b) {
   for (size_t i = 0; i < b->n_ops; i++) {
     b->ops[i].rc = SK_OK;
     b->ops[i].existed = false;
+    b->ops[i].replayed_new = false;
   }
 }
 

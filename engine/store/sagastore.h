@@ -81,9 +81,15 @@ typedef struct store_op {
   bool err_retryable;
   /* CANCEL */
   char *reason;              /* owned */
-  /* REPLAY (in place) */
+  /* REPLAY: a failed saga resumes its compensation and a paused one its
+   * forward steps, in place (from_step, step_input). A compensated or
+   * cancelled saga is replayed as a new run with id new_saga_id (set by the
+   * caller), the same version and its input (or `input` when given), linked
+   * both ways. */
   char *from_step;           /* owned */
   char *step_input;          /* owned */
+  char new_saga_id[37];
+  bool replayed_new;         /* out: a new run was started */
   /* out */
   int rc;                    /* SK_OK; SK_ELEASE fenced; SK_ESTATE not
                                 allowed / stale; SK_ENOENT no such saga */

@@ -126,6 +126,78 @@ int sk_saga_cancel(sk_engine *e, const char *saga_id, sk_error *err) {
   return rc;
 }
 
+/* Copies an optional JSON text after checking it parses (and, for run
+ * inputs, is an object). */
+static int optional_json(const char *text, bool object, const char *what,
+                         char **out, sk_error *err) {
+  *out = NULL;
+  if (text == NULL)
+    return SK_OK;
+  if (object)
+    return normalise_input(text, out, err);
+  size_t len = strlen(text);
+  if (len > SK_PAYLOAD_MAX)
+    return sk_error_set(err, SK_ETOOBIG, "%s exceeds %d bytes", what,
+                        SK_PAYLOAD_MAX);
+  cJSON *doc = cJSON_ParseWithLength(text, len);
+  if (doc == NULL)
+    return sk_error_set(err, SK_EJSON, "%s is not valid JSON", what);
+  *out = cJSON_PrintUnformatted(doc);
+  cJSON_Delete(doc);
+  return *out != NULL ? SK_OK : sk_error_set(err, SK_ENOMEM, NULL);
+}
+
+int sk_saga_replay(sk_engine *e, const char *saga_id,
+                   const sk_replay_options *o, char new_saga_id[SK_ID_LEN],
+                   sk_error *err) {
+  if (new_saga_id != NULL)
+    new_saga_id[0] = '\0';
+  if (e == NULL)
+    return sk_error_set(err, SK_EINVAL, "engine must not be NULL");
+  int rc = check_id(saga_id, err);
+  if (rc != SK_OK)
+    return rc;
+  store_op op;
+  memset(&op, 0, sizeof(op));
+  op.type = STORE_OP_REPLAY;
+  memcpy(op.saga_id, saga_id, SK_ID_LEN);
+  uuid_v7(op.new_saga_id);
+  if (o != NULL && o->from_step != NULL) {
+    if (!def_name_valid(o->from_step))
+      return sk_error_set(err, SK_EINVAL, "from_step is not a step name");
+    if ((op.from_step = strdup(o->from_step)) == NULL)
+      return sk_error_set(err, SK_ENOMEM, NULL);
+  }
+  if (o != NULL)
+    rc = optional_json(o->step_input, false, "step_input", &op.step_input, err);
+  if (rc == SK_OK && o != NULL)
+    rc = optional_json(o->input, true, "input", &op.input, err);
+  if (rc == SK_OK)
+    rc = loop_submit_op(e, &op, err);
+  if (rc == SK_OK && op.rc != SK_OK) {
+    if (op.rc == SK_ENOENT)
+      rc = sk_error_set(err, SK_ENOENT, "saga %s does not exist", saga_id);
+    else if (op.rc == SK_ESTATE)
+      rc = sk_error_set(err, SK_ESTATE,
+                        "saga %s is %s: only failed, paused, compensated and "
+                        "cancelled sagas can be replayed",
+                        saga_id, sk_status_name((sk_status)op.status));
+    else if (op.rc == SK_EINVAL)
+      rc = sk_error_set(err, SK_EINVAL,
+                        "replay options do not fit saga %s (%s): from_step "
+                        "and step_input resume a paused saga, input starts "
+                        "a new run of a compensated or cancelled one",
+                        saga_id, sk_status_name((sk_status)op.status));
+    else
+      rc = sk_error_set(err, op.rc, "could not replay saga %s: %s", saga_id,
+                        sk_strerror(op.rc));
+  }
+  if (rc == SK_OK && op.replayed_new && new_saga_id != NULL)
+    memcpy(new_saga_id, op.new_saga_id, SK_ID_LEN);
+  store_op_clear(&op);
+  return rc;
+}
+
 int sk_saga_status(sk_engine *e, const char *saga_id, sk_status *out) {
   if (e == NULL || out == NULL || !uuid_valid(saga_id))
     return SK_EINVAL;

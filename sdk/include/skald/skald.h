@@ -346,6 +346,30 @@ SK_EXPORT int sk_run_start(sk_engine *e, const char *workflow,
 /* Requests cancellation. Errors: SK_ENOENT, SK_ESTATE (already finished). */
 SK_EXPORT int sk_saga_cancel(sk_engine *e, const char *saga_id, sk_error *err);
 
+typedef struct sk_replay_options {
+  /* paused: resume at this step (an earlier one than the failed step, or
+   * NULL for the failed step itself); its steps from there on run again */
+  const char *from_step;
+  /* paused: the input (JSON) of the step it resumes at, correcting it */
+  const char *step_input;
+  /* compensated / cancelled: the input (JSON object) of the new run; NULL
+   * keeps the old saga's input */
+  const char *input;
+} sk_replay_options;
+
+/* Replays a saga that needs it:
+ *   failed      → its stuck compensation is retried (attempts afresh);
+ *   paused      → it resumes forward from the failed step (or from_step);
+ *   compensated, cancelled → a new run of the same version starts, with
+ *                 the same or a corrected input, linked both ways
+ *                 (replay_of / replayed_by); new_saga_id receives its id.
+ * new_saga_id (may be NULL) is set to "" for in-place replays. Errors:
+ * SK_EINVAL (options that do not fit the status, bad JSON), SK_ENOENT,
+ * SK_ESTATE (running, compensating or completed: nothing to replay). */
+SK_EXPORT int sk_saga_replay(sk_engine *e, const char *saga_id,
+                             const sk_replay_options *o,
+                             char new_saga_id[SK_ID_LEN], sk_error *err);
+
 /* The saga's current status. Errors: SK_EINVAL, SK_ENOENT, SK_EDB. */
 SK_EXPORT int sk_saga_status(sk_engine *e, const char *saga_id,
                              sk_status *out);
