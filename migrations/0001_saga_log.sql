@@ -30,9 +30,10 @@ CREATE TABLE sagas (
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
-CREATE INDEX sagas_by_created ON sagas (created_at DESC, id DESC);
-CREATE INDEX sagas_by_status ON sagas (status, created_at DESC, id DESC);
-CREATE INDEX sagas_by_workflow ON sagas (workflow, created_at DESC, id DESC);
+-- Listing is newest first by id: ids are UUIDv7, ordered by creation time,
+-- so keyset pagination needs nothing else.
+CREATE INDEX sagas_by_status ON sagas (status, id DESC);
+CREATE INDEX sagas_by_workflow ON sagas (workflow, id DESC);
 
 -- Run idempotency: one saga per (workflow, key), ever.
 CREATE TABLE saga_idempotency (

@@ -145,6 +145,8 @@ int sk_engine_open(const sk_engine_options *opts, sk_engine **out,
     e->rng.s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
   e->rng.s |= 1;
   rc = add_bulkhead(e, "default", o.default_concurrency);
+  if (rc == SK_OK && engine_metrics_new(&e->metrics) != SK_OK)
+    rc = sk_error_set(err, SK_ENOMEM, NULL);
   if (rc == SK_OK)
     rc = connect_store(e, err);
   if (rc != SK_OK) {
@@ -326,14 +328,24 @@ static int check_supported(const def_workflow *wf, sk_error *err) {
   return SK_OK;
 }
 
-/* Every task type the workflow uses must have a handler here, unless the
- * engine was told other nodes run them. */
+/* Every task type the workflow uses must have a handler here, and every
+ * bulkhead it names must be declared, unless the engine was told other
+ * nodes run them. */
 static int check_handlers(struct sk_engine *e, const def_workflow *wf,
                           sk_error *err) {
   if (e->o.allow_unknown_task_types)
     return SK_OK;
   for (size_t i = 0; i < wf->n_steps; i++) {
     const def_step *s = &wf->steps[i];
+    if (engine_find_bulkhead(e, def_step_bulkhead(s)) == NULL) {
+      char path[64];
+      snprintf(path, sizeof(path), "/steps/%zu/bulkhead", i);
+      sk_error_set(err, SK_ENOHANDLER,
+                   "bulkhead \"%s\" is not declared on this engine",
+                   def_step_bulkhead(s));
+      sk_error_set_path(err, path);
+      return SK_ENOHANDLER;
+    }
     const def_action *acts[2] = {&s->action, s->compensate};
     const char *where[2] = {"task", "compensate/task"};
     for (int k = 0; k < 2; k++) {
@@ -354,7 +366,7 @@ static int check_handlers(struct sk_engine *e, const def_workflow *wf,
 }
 
 int engine_register_def(struct sk_engine *e, const def_workflow *src,
-                        sk_error *err) {
+                        bool *created, sk_error *err) {
   def_problems p;
   def_problems_init(&p);
   def_validate(src, &p);
@@ -371,7 +383,8 @@ int engine_register_def(struct sk_engine *e, const def_workflow *src,
   if (spec_to_json(src, &json) != SK_OK)
     return sk_error_set(err, SK_ENOMEM, NULL);
   pthread_mutex_lock(&e->q_mu);
-  rc = queries_register_def(e->query_conn, src->name, src->version, json, err);
+  rc = queries_register_def(e->query_conn, src->name, src->version, json,
+                            created, err);
   pthread_mutex_unlock(&e->q_mu);
   free(json);
   if (rc != SK_OK)
@@ -490,6 +503,8 @@ void sk_engine_close(sk_engine *e) {
     def_workflow_unref(e->wfs[i]);
   free(e->wfs);
   free(e->results);
+  free(e->to_release);
+  engine_metrics_free(e->metrics);
   close_conn(&e->commit_conn);
   close_conn(&e->dequeue_conn);
   close_conn(&e->aux_conn);

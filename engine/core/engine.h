@@ -25,6 +25,7 @@
 #include <skald/skald.h>
 
 #include "exec/pool.h"
+#include "obs/engine_metrics.h"
 #include "saga/saga.h"
 #include "sched/breaker.h"
 #include "spec/def.h"
@@ -87,6 +88,7 @@ typedef struct exec_job {
   atomic_int state;               /* job_state */
   atomic_llong started_mono_ms;   /* 0 until a worker starts it */
   int64_t deadline_wall_ms;       /* set when started */
+  bool shutdown_cancel;           /* [loop] asked to stop by sk_engine_stop */
   struct sk_task_result result;
   struct exec_job *next_inflight; /* [loop] */
   struct exec_job *prev_inflight; /* [loop] */
@@ -124,7 +126,8 @@ struct sk_engine {
   PGconn *query_conn;
 
   pthread_mutex_t mu;             /* guards done, api_ops, state, gen */
-  pthread_cond_t gen_cv;          /* signalled after every commit */
+  pthread_cond_t gen_cv;          /* signalled after every commit and on
+                                     every notification (long polls) */
   uint64_t gen;
   exec_job *done;
   api_op *api_head, *api_tail;
@@ -156,8 +159,12 @@ struct sk_engine {
   size_t n_inflight;
   store_op *results;              /* results waiting for a commit */
   size_t n_results, cap_results;
+  store_lease *to_release;        /* leases to hand back (stop) */
+  size_t n_to_release, cap_to_release;
   saga_rng rng;
   int handles_open;
+
+  engine_metrics *metrics;
 
   /* statistics */
   atomic_ullong n_commits, n_ops_committed, n_fenced, n_dequeues;
@@ -176,7 +183,7 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
  * (SK_ENOTSUP), stores it (immutable per name and version: SK_ECONFLICT)
  * and adds a copy to the registry. */
 int engine_register_def(struct sk_engine *e, const def_workflow *src,
-                        sk_error *err);
+                        bool *created, sk_error *err);
 
 /* ---- loop (loop.c) ---- */
 int loop_init(struct sk_engine *e);

@@ -118,6 +118,9 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
     } else {
       inflight_add(e, j);
       breaker_on_dispatch(&h->br);
+      engine_metrics_dispatch(e->metrics, j->task.workflow,
+                              j->task.step_name, j->task.lease.attempt,
+                              j->task.deliveries);
       if (pool_submit(bh->pool, &j->link) != SK_OK) {
         inflight_remove(e, j);
         job_failure_op(&j->task, "ShuttingDown", "the node is stopping",
@@ -132,6 +135,21 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
 
 /* ---- finished jobs ------------------------------------------------------- */
 
+static void start_release(struct sk_engine *e);
+
+/* Remembers a lease to hand back; start_release sends them. */
+static void queue_release(struct sk_engine *e, const store_lease *l) {
+  if (e->n_to_release == e->cap_to_release) {
+    size_t cap = e->cap_to_release ? e->cap_to_release * 2 : 64;
+    store_lease *p = realloc(e->to_release, cap * sizeof(*p));
+    if (p == NULL)
+      return; /* the lease expires instead: slower, nothing lost */
+    e->to_release = p;
+    e->cap_to_release = cap;
+  }
+  e->to_release[e->n_to_release++] = *l;
+}
+
 static void collect_done(struct sk_engine *e) {
   pthread_mutex_lock(&e->mu);
   exec_job *list = e->done;
@@ -145,8 +163,23 @@ static void collect_done(struct sk_engine *e) {
     if (atomic_load(&j->state) != JOB_ABANDONED) {
       store_op op;
       job_to_op(j, &op);
-      breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
-      push_result(e, &op);
+      if (j->shutdown_cancel && !op.ok) {
+        /* It stopped because we are stopping: another node runs the same
+         * attempt; the user's retry budget is not spent on our shutdown. */
+        queue_release(e, &j->task.lease);
+        store_op_clear(&op);
+      } else {
+        int64_t started = atomic_load(&j->started_mono_ms);
+        double secs = started > 0 ? (double)(clock_mono_ms() - started) / 1e3
+                                  : 0;
+        engine_metrics_attempt(e->metrics, j->task.workflow,
+                               j->task.step_name,
+                               j->task.lease.kind == TASK_KIND_COMP,
+                               op.ok ? "ok" : "error", secs);
+        breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
+        engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+        push_result(e, &op);
+      }
     }
     job_free(j);
   }
@@ -545,6 +578,8 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
   size_t n_probe = 0;
   for (size_t i = 0; i < e->n_handlers; i++) {
     int allow = breaker_allow(&e->handlers[i].br, now);
+    engine_metrics_breaker(e->metrics, e->handlers[i].task_type,
+                           &e->handlers[i].br);
     if (allow < 0)
       w->types[w->n_types++] = e->handlers[i].task_type;
     else if (allow > 0)
@@ -679,6 +714,7 @@ static void aux_after(uv_work_t *req, int status) {
     }
   }
   aux_work_free(w);
+  start_release(e);
   maybe_commit(e);
   maybe_finish(e);
 }
@@ -706,6 +742,20 @@ static void start_aux(struct sk_engine *e, aux_work *w) {
     e->aux_busy = false;
     aux_work_free(w);
   }
+}
+
+/* Sends the queued hand-backs when the aux connection is free. */
+static void start_release(struct sk_engine *e) {
+  if (e->aux_busy || e->n_to_release == 0)
+    return;
+  aux_work *w = aux_work_new(e, e->n_to_release);
+  if (w == NULL)
+    return;
+  memcpy(w->leases, e->to_release, e->n_to_release * sizeof(store_lease));
+  w->n = e->n_to_release;
+  w->release = true;
+  e->n_to_release = 0;
+  start_aux(e, w);
 }
 
 static void renew_cb(uv_timer_t *t) {
@@ -746,6 +796,10 @@ static void watchdog_cb(uv_timer_t *t) {
              (long long)j->task.timeout_ms);
     job_failure_op(&j->task, "Timeout", msg, true, &op);
     breaker_record(&j->h->br, false, true, clock_now_ms());
+    engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+    engine_metrics_attempt(e->metrics, j->task.workflow, j->task.step_name,
+                           j->task.lease.kind == TASK_KIND_COMP, "timeout",
+                           (double)(now - started) / 1e3);
     log_write(LOG_WARNING, "attempt timed out", "saga_id",
               j->task.lease.saga_id, "step", j->task.step_name, "#attempt",
               (int64_t)j->task.lease.attempt, NULL);
@@ -768,7 +822,9 @@ static void due_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
   e->due_at_ms = 0;
   e->dequeue_wanted = true;
-  maybe_dequeue(e);
+  /* What came due may be a durable timer (sleep), which needs no worker
+   * slot: look even when every slot is busy, or this node has none. */
+  dequeue_if(e, true);
 }
 
 static void listen_closed_cb(uv_handle_t *h) {
@@ -790,9 +846,18 @@ static void listen_cb(uv_poll_t *p, int status, int events) {
     return;
   }
   PGnotify *n;
+  bool any = false;
   while ((n = PQnotifies(e->listen_conn)) != NULL) {
     PQfreemem(n);
+    any = true;
+  }
+  if (any) {
     e->dequeue_wanted = true;
+    /* Remote workers long-polling through this node look again. */
+    pthread_mutex_lock(&e->mu);
+    e->gen++;
+    pthread_cond_broadcast(&e->gen_cv);
+    pthread_mutex_unlock(&e->mu);
   }
   maybe_dequeue(e);
 }
@@ -856,35 +921,34 @@ static void listen_reconnect(struct sk_engine *e) {
   }
 }
 
-static void release_queued(struct sk_engine *e) {
+/* On stop: queued jobs are handed back at once, running ones are asked to
+ * stop (sk_task_cancelled) and their results waited for. */
+static void stop_jobs(struct sk_engine *e) {
   for (size_t i = 0; i < e->n_bulkheads; i++) {
     pool_link *l = pool_take_queued(e->bulkheads[i].pool);
-    size_t n = 0;
-    for (pool_link *x = l; x != NULL; x = x->next)
-      n++;
-    if (n == 0)
-      continue;
-    aux_work *w = e->aux_busy ? NULL : aux_work_new(e, n);
     while (l != NULL) {
       exec_job *j = (exec_job *)l;
       l = l->next;
-      if (w != NULL)
-        w->leases[w->n++] = j->task.lease;
+      queue_release(e, &j->task.lease);
       inflight_remove(e, j);
       job_free(j);
     }
-    if (w != NULL) {
-      w->release = true;
-      start_aux(e, w);
+  }
+  for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
+    if (!j->shutdown_cancel) {
+      j->shutdown_cancel = true;
+      atomic_store(&j->cancel, true);
     }
   }
+  start_release(e);
 }
 
 static void wake_cb(uv_async_t *h) {
   struct sk_engine *e = h->data;
   collect_done(e);
   if (atomic_load(&e->state) == ENGINE_STATE_STOPPING)
-    release_queued(e);
+    stop_jobs(e);
+  start_release(e);
   maybe_commit(e);
   maybe_dequeue(e);
   maybe_finish(e);
@@ -909,8 +973,9 @@ static void close_handle(struct sk_engine *e, uv_handle_t *h) {
 static void maybe_finish(struct sk_engine *e) {
   if (atomic_load(&e->state) != ENGINE_STATE_STOPPING)
     return;
-  if (e->n_inflight > 0 || e->n_results > 0 || e->commit_busy ||
-      e->dequeue_busy || e->aux_busy || e->listen_busy || api_pending(e))
+  if (e->n_inflight > 0 || e->n_results > 0 || e->n_to_release > 0 ||
+      e->commit_busy || e->dequeue_busy || e->aux_busy || e->listen_busy ||
+      api_pending(e))
     return;
   if (uv_is_closing((uv_handle_t *)&e->wake))
     return;

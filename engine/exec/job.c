@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "core/engine.h"
 
@@ -75,7 +76,7 @@ int sk_result_ok(sk_task_result *r, const char *output_json) {
     size_t len = strlen(output_json);
     if (len > SK_PAYLOAD_MAX)
       return refuse_output(r, SK_ETOOBIG, "output exceeds 1 MiB");
-    cJSON *doc = cJSON_ParseWithLength(output_json, len);
+    cJSON *doc = json_parse_exact(output_json, len);
     if (doc == NULL)
       return refuse_output(r, SK_EJSON, "output is not valid JSON");
     norm = cJSON_PrintUnformatted(doc);

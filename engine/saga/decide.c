@@ -4,52 +4,81 @@
  * same inputs give byte-identical decisions.
  *
  * Events of one decision are numbered st->last_seq + 1, + 2, ... and carry
- * ts_ms = now and the caller's node. The state is never modified here: the
- * decider reasons about "the state after the events emitted so far" through
- * a small overlay (a step completed in this decision, steps reset by a
- * resume replay), so saga_apply(st, decision) always evolves cleanly.
+ * ts_ms = now and the caller's node. The state given is never modified: the
+ * decider evolves a private copy through each event as it emits it
+ * (decide_internal.h), so saga_apply(st, decision) always evolves cleanly.
+ * Step indexes are flat (saga.h "flattening").
  *
  * Semantics (DESIGN.md "Semantics users can rely on", workflow-spec.md):
- *  - start: SagaStarted, then StepScheduled(step 0, attempt 1) + its task.
- *    PARALLEL steps and fallbacks: SK_ENOTSUP. Input not an object: SK_EJSON.
- *  - tasks: action = the step kind (the compensation's kind for comp tasks);
- *    task_type for TASK, "" otherwise; SLEEP is available at now + sleep_ms;
- *    HTTP input = the rendered {"method","url","headers","body"}; bulkhead =
- *    the step's; forward timeouts are capped by the saga deadline (deadline
- *    - now); gpus/gpu_memory_mb apply to forward tasks only (a compensation
- *    must be able to run when the GPUs are what failed).
+ *  - start: SagaStarted (with the tree when there are parallel groups), then
+ *    the scheduling of step 0. Input not an object: SK_EJSON.
+ *  - scheduling a step: saga deadline passed → it fails for good with
+ *    SagaTimeout, unscheduled (attempt 0). A task step: StepScheduled
+ *    (attempt 1) + its task. A parallel group: StepScheduled for the group,
+ *    then the scheduling of the first step of each branch in order (stops
+ *    at a branch whose first step failed to schedule).
+ *  - tasks: action = the action's kind (task/http/sleep); task_type for
+ *    TASK, "" otherwise; SLEEP is available at now + sleep_ms; HTTP input =
+ *    the rendered {"method","url","headers","body"}; bulkhead = the step's
+ *    (fallbacks and compensations too); forward and fallback timeouts are
+ *    capped by the saga deadline (deadline - now); gpus/gpu_memory_mb apply
+ *    to forward tasks only (a compensation must be able to run when the
+ *    GPUs are what failed; a fallback is the cheap way round).
  *  - inputs: the action's template rendered (saga id, task attempt, saga
- *    input, step outputs); default forward input = the saga input; default
- *    compensation input = {"input": saga input, "output": forward output}.
- *    A resume replay's step_input replaces the forward input of that step
- *    for all its attempts. A rendering error fails the step for good with
- *    {"type":"TemplateError","retryable":false} and schedules nothing.
- *  - forward success: StepCompleted; then cancel requested → compensate
- *    (reason Cancelled); else next step (saga deadline passed → the next
- *    step fails for good with SagaTimeout, unscheduled, attempt 0); else
- *    SagaCompleted{output: {step: output}}.
- *  - forward failure: retried iff retryable, type not non-retryable, no
- *    cancel requested, type != Cancelled, attempts left, and now + backoff
- *    < deadline (when only the deadline prevents it, the error becomes
+ *    input, step outputs of any step by name); default forward and fallback
+ *    input = the saga input; default compensation input = {"input": saga
+ *    input, "output": forward output}. A resume replay's step_input replaces
+ *    the forward input of that step for all its attempts. A rendering error
+ *    fails the step for good with {"type":"TemplateError",
+ *    "retryable":false} and schedules nothing.
+ *  - forward success: StepCompleted; then, when stopping (cancel requested
+ *    or a step failed for good while parallel siblings run) → see
+ *    "stopping"; else the next step of its sequence is scheduled; at the
+ *    end of a branch, when every branch of the group is complete, the group
+ *    completes (StepCompleted, output null) and the saga goes on after it;
+ *    at the end of the top level: SagaCompleted{output: {step: output}} over
+ *    every step, nested ones included.
+ *  - forward failure: retried iff retryable, type not non-retryable, not
+ *    stopping, type != Cancelled, attempts left, and now + backoff <
+ *    deadline (when only the deadline prevents it, the error becomes
  *    SagaTimeout): StepFailed{final:false} + RetryScheduled{fwd} + task.
- *    Else StepFailed{final:true}, then SagaPaused (on_failure pause, no
- *    cancel) or compensation.
- *  - compensation: CompensationStarted{reason}; targets newest first: the
- *    failed step itself (compensate_on_failure, has a compensate, and it was
- *    scheduled at least once), then every completed step with a compensate,
- *    descending. Each: CompensationScheduled(attempt 1) + task; success →
- *    next target; failure retried per the compensation policy (default
+ *    Else the step gives up: with a fallback (and not stopping, attempt > 0,
+ *    error not SagaTimeout/Cancelled) → StepFailed{final:false} +
+ *    FallbackScheduled + a fallback task (policy: the fallback's retry,
+ *    then the workflow defaults); otherwise StepFailed{final:true}.
+ *  - fallback results: success → StepCompleted{by_fallback:true} (attempt =
+ *    the fallback's) and the saga goes on as for a success; failure →
+ *    retried by the same rule (FallbackFailed{final:false} +
+ *    RetryScheduled{fallback}), else FallbackFailed{final:true} +
+ *    StepFailed{final:true} (attempt = the forward attempts).
+ *  - a step failed for good: every other forward task in flight is told to
+ *    stop (cancel_steps: those queued before this decision); nothing new is
+ *    scheduled; once no step is in flight ("stopping" below).
+ *  - stopping, once nothing runs forward: every running group fails
+ *    (StepFailed{final:true}, innermost first, with the first failure's
+ *    error or Cancelled); then, if a step failed: SagaPaused (on_failure
+ *    pause, no cancel) or compensation with that error as reason; else
+ *    (cancel) compensation with reason Cancelled.
+ *  - compensation: CompensationStarted{reason}; targets newest first by
+ *    finished_seq: every completed step with a compensation (the fallback's
+ *    compensate when it completed by fallback and one is given), and every
+ *    failed step with compensate_on_failure that was scheduled at least
+ *    once. Each: CompensationScheduled(attempt 1) + task; success → next
+ *    target; failure retried per the compensation policy (default
  *    unlimited; deadlines do not apply) else CompensationFailed{final} +
  *    SagaFailed. No target left → SagaCompensated (SagaCancelled when a
  *    cancel was requested).
  *  - stale results (settled saga, wrong step/kind/attempt): SK_ESTATE.
  *  - cancel: settled → SK_ESTATE; again → SK_OK, nothing; running →
- *    CancelRequested + cancel_step; compensating → CancelRequested;
- *    paused → CancelRequested + compensation at once.
+ *    CancelRequested + cancel_steps (every step in flight; the stopping
+ *    rule follows as results come in; nothing in flight → compensation at
+ *    once); compensating → CancelRequested; paused → CancelRequested +
+ *    compensation at once.
+ *  - breaker open: see saga_decide_breaker_open in saga.h.
  *  - replay: failed → Replayed{resume_compensation} + CompensationScheduled
  *    (stuck step, attempt 1); paused → Replayed{resume,from_step,
- *    step_input} + the forward scheduling of from_step (same deadline rule
- *    as any next step). Others: SK_ESTATE.
+ *    step_input} + the scheduling of from_step, a top-level step (a group
+ *    runs again whole). Others: SK_ESTATE.
  *
  * Thread: any; nothing shared (the rng is the caller's).
  */
@@ -59,340 +88,86 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
+#include "saga/decide_internal.h"
 
-#include "common/buf.h"
-#include "common/err.h"
-#include "spec/template.h"
+/* ---- views of the current state ----------------------------------------- */
 
-/* Times stay exact as JSON numbers (doubles). */
-#define TIME_MAX ((int64_t)1 << 53)
-/* Positive: a template failed to render (message in dctx.why). */
-#define RENDER_FAILED 1
-
-typedef struct serr {
-  const char *type;
-  const char *message;
-  bool retryable;
-} serr;
-
-typedef struct dctx {
-  const def_workflow *wf;
-  const saga_state *st;
-  const char *node;
-  int64_t now;
-  saga_rng *rng;
-  saga_decision *out;
-  size_t cap_events, cap_tasks;
-  bool cancel;              /* cancel requested (now or before) */
-  int fresh_step;           /* completed in this decision, or -1 */
-  const char *fresh_output; /* its output (JSON text or NULL) */
-  int reset_from;           /* steps >= this were reset by a replay; or -1 */
-  const char *replay_input; /* the replay's input for step reset_from */
-  char why[SK_ERROR_MESSAGE_MAX + 64]; /* template error message */
-} dctx;
-
-static void dctx_init(dctx *d, const def_workflow *wf, const saga_state *st,
-                      const char *node, int64_t now, saga_rng *rng,
-                      saga_decision *out) {
-  memset(d, 0, sizeof(*d));
-  d->wf = wf;
-  d->st = st;
-  d->node = node;
-  d->now = now;
-  d->rng = rng;
-  d->out = out;
-  d->cancel = st->cancel_requested;
-  d->fresh_step = -1;
-  d->reset_from = -1;
+static bool running_forward(const dctx *d) {
+  return d->cur.status == SAGA_STATUS_RUNNING &&
+         d->cur.phase == SAGA_PHASE_FORWARD;
 }
 
-static int64_t sat_add(int64_t a, int64_t b) {
-  if (a < 0)
-    a = 0;
-  if (b < 0)
-    b = 0;
-  return (a >= TIME_MAX || b >= TIME_MAX - a) ? TIME_MAX : a + b;
+static step_status status_of(const dctx *d, int k) {
+  return d->cur.steps[k].status;
 }
 
-/* ---- the overlay: the state after this decision's events so far ---------- */
-
-static step_status view_status(const dctx *d, int k) {
-  if (k == d->fresh_step)
-    return STEP_STATUS_COMPLETED;
-  if (d->reset_from >= 0 && k >= d->reset_from)
-    return STEP_STATUS_PENDING;
-  return d->st->steps[k].status;
-}
-
-static const char *view_output(const dctx *d, int k) {
-  if (k == d->fresh_step)
-    return d->fresh_output;
-  if (d->reset_from >= 0 && k >= d->reset_from)
-    return NULL;
-  return d->st->steps[k].output;
-}
-
-static int view_attempts(const dctx *d, int k) {
-  if (d->reset_from >= 0 && k >= d->reset_from)
-    return 0;
-  return d->st->steps[k].attempts;
-}
-
-static const char *tmpl_step_output(void *ud, const char *name) {
-  const dctx *d = ud;
-  int k = def_step_index(d->wf, name);
-  return k >= 0 ? view_output(d, k) : NULL;
-}
-
-/* ---- building events
- * ---------------------------------------------------------- */
-
-static bool grow(void **arr, size_t *cap, size_t n, size_t size) {
-  if (n < *cap)
-    return true;
-  size_t ncap = *cap ? *cap * 2 : 8;
-  void *p = realloc(*arr, ncap * size);
-  if (p == NULL)
+/* Some step failed for good while the saga runs forward. */
+static bool failing(const dctx *d) {
+  if (!running_forward(d))
     return false;
-  *arr = p;
-  *cap = ncap;
-  return true;
-}
-
-/* Appends an event; takes ownership of payload (may be NULL after an OOM
- * while it was built, which gives SK_ENOMEM). */
-static int emit(dctx *d, saga_event_type type, int step, int attempt,
-                cJSON *payload) {
-  saga_decision *o = d->out;
-  char *text = payload != NULL ? cJSON_PrintUnformatted(payload) : NULL;
-  cJSON_Delete(payload);
-  char *node = d->node != NULL ? strdup(d->node) : NULL;
-  if (text == NULL || (d->node != NULL && node == NULL) ||
-      !grow((void **)&o->events, &d->cap_events, o->n_events,
-            sizeof(*o->events))) {
-    free(text);
-    free(node);
-    return SK_ENOMEM;
+  for (size_t k = 0; k < d->cur.n_steps; k++) {
+    if (status_of(d, (int)k) == STEP_STATUS_FAILED)
+      return true;
   }
-  saga_event *ev = &o->events[o->n_events];
-  ev->seq = d->st->last_seq + (int64_t)o->n_events + 1;
-  ev->type = type;
-  ev->step = step;
-  ev->attempt = attempt;
-  ev->node = node;
-  ev->payload = text;
-  ev->ts_ms = d->now;
-  o->n_events++;
-  return SK_OK;
+  return false;
 }
 
-static int push_task(dctx *d, saga_task *t) {
-  saga_decision *o = d->out;
-  if (!grow((void **)&o->tasks, &d->cap_tasks, o->n_tasks, sizeof(*o->tasks))) {
-    saga_task_clear(t);
-    return SK_ENOMEM;
+static bool stopping(const dctx *d) {
+  return d->cur.cancel_requested || failing(d);
+}
+
+static bool leaf_in_flight(const dctx *d, int k) {
+  return !step_is_group(d, k) && status_of(d, k) == STEP_STATUS_SCHEDULED;
+}
+
+static bool any_in_flight(const dctx *d) {
+  for (size_t k = 0; k < d->n_flat; k++) {
+    if (leaf_in_flight(d, (int)k))
+      return true;
   }
-  o->tasks[o->n_tasks++] = *t;
-  return SK_OK;
+  return false;
 }
 
-/* Payload builders: a NULL item (OOM) poisons the object so emit() fails. */
-static cJSON *add(cJSON *o, const char *key, cJSON *item) {
-  if (o == NULL || item == NULL) {
-    cJSON_Delete(o);
-    cJSON_Delete(item);
-    return NULL;
+/* The failed step that failed first (lowest finished_seq), or -1. */
+static int first_failure(const dctx *d) {
+  int best = -1;
+  for (size_t k = 0; k < d->n_flat; k++) {
+    const saga_step_state *s = &d->cur.steps[k];
+    if (s->status == STEP_STATUS_FAILED &&
+        (best < 0 || s->finished_seq < d->cur.steps[best].finished_seq))
+      best = (int)k;
   }
-  cJSON_AddItemToObject(o, key, item);
-  return o;
+  return best;
 }
 
-static cJSON *json_num(int64_t v) { return cJSON_CreateNumber((double)v); }
+/* ---- compensation -------------------------------------------------------- */
 
-static cJSON *json_str_or_null(const char *s) {
-  return s != NULL ? cJSON_CreateString(s) : cJSON_CreateNull();
+static bool comp_target(const dctx *d, int k) {
+  const saga_step_state *s = &d->cur.steps[k];
+  if (step_is_group(d, k) || task_action(d, k, TASK_KIND_COMP) == NULL)
+    return false;
+  if (s->status == STEP_STATUS_COMPLETED)
+    return true;
+  return s->status == STEP_STATUS_FAILED &&
+         d->flat[k].def->compensate_on_failure && s->attempts > 0;
 }
 
-/* Parses JSON text (NULL = null). NULL result: not valid JSON (or OOM). */
-static cJSON *json_parse(const char *text) {
-  return text != NULL ? cJSON_Parse(text) : cJSON_CreateNull();
-}
-
-static cJSON *err_json(const serr *e) {
-  cJSON *o = cJSON_CreateObject();
-  o = add(o, "type", cJSON_CreateString(e->type));
-  o = add(o, "message", cJSON_CreateString(e->message ? e->message : ""));
-  return add(o, "retryable", cJSON_CreateBool(e->retryable));
-}
-
-static int emit_err(dctx *d, saga_event_type type, int step, int attempt,
-                    const char *key, const serr *e) {
-  return emit(d, type, step, attempt,
-              add(cJSON_CreateObject(), key, err_json(e)));
-}
-
-static int emit_failed(dctx *d, saga_event_type type, int step, int attempt,
-                       const serr *e, bool final) {
-  cJSON *p = add(cJSON_CreateObject(), "error", err_json(e));
-  return emit(d, type, step, attempt, add(p, "final", cJSON_CreateBool(final)));
-}
-
-static int emit_at(dctx *d, saga_event_type type, int step, int attempt,
-                   int64_t at) {
-  return emit(d, type, step, attempt,
-              add(cJSON_CreateObject(), "available_at_ms", json_num(at)));
-}
-
-/* ---- rendering task inputs
- * ---------------------------------------------------------- */
-
-static int render(dctx *d, const char *tmpl, int attempt, char **out) {
-  template_ctx c = {.saga_id = d->st->id,
-                    .attempt = attempt,
-                    .input_json = d->st->input,
-                    .step_output = tmpl_step_output,
-                    .ud = d};
-  sk_error err;
-  memset(&err, 0, sizeof(err));
-  int rc = template_render(tmpl, &c, out, &err);
-  if (rc == SK_ENOMEM || rc == SK_OK)
-    return rc;
-  snprintf(d->why, sizeof(d->why), "could not render input: %s",
-           err.message[0] ? err.message : sk_strerror(rc));
-  return RENDER_FAILED;
-}
-
-/* An http action's request: {"method","url","headers","body"}; the url is
- * always a string, even if its template is a lone reference to a number. */
-static int render_http(dctx *d, const def_http *h, int attempt, char **out) {
-  buf b = BUF_INIT;
-  buf_puts(&b, "{\"method\":");
-  buf_json_str(&b, h->method ? h->method : "GET");
-  buf_puts(&b, ",\"url\":");
-  buf_json_str(&b, h->url ? h->url : "");
-  buf_printf(&b, ",\"headers\":%s,\"body\":%s}",
-             h->headers_json ? h->headers_json : "{}",
-             h->body_json ? h->body_json : "null");
-  if (!buf_ok(&b)) {
-    buf_free(&b);
-    return SK_ENOMEM;
+/* The newest target left: highest finished_seq (then highest index). */
+static int next_target(const dctx *d) {
+  int best = -1;
+  for (size_t k = 0; k < d->n_flat; k++) {
+    if (comp_target(d, (int)k) &&
+        (best < 0 ||
+         d->cur.steps[k].finished_seq >= d->cur.steps[best].finished_seq))
+      best = (int)k;
   }
-  char *text = NULL;
-  int rc = render(d, b.data, attempt, &text);
-  buf_free(&b);
-  if (rc != SK_OK)
-    return rc;
-  cJSON *o = cJSON_Parse(text);
-  cJSON *url = cJSON_GetObjectItemCaseSensitive(o, "url");
-  if (url != NULL && !cJSON_IsString(url)) {
-    char *u = cJSON_IsNull(url) ? strdup("") : cJSON_PrintUnformatted(url);
-    if (u == NULL || !cJSON_ReplaceItemInObjectCaseSensitive(
-                         o, "url", cJSON_CreateString(u))) {
-      free(u);
-      cJSON_Delete(o);
-      free(text);
-      return SK_ENOMEM;
-    }
-    free(u);
-    free(text);
-    text = cJSON_PrintUnformatted(o);
-  }
-  cJSON_Delete(o);
-  *out = text;
-  return text != NULL ? SK_OK : SK_ENOMEM;
-}
-
-/* {"input": saga input, "output": the step's forward output or null}. */
-static int default_comp_input(dctx *d, int i, char **out) {
-  const char *output = view_output(d, i);
-  buf b = BUF_INIT;
-  buf_printf(&b, "{\"input\":%s,\"output\":%s}",
-             d->st->input ? d->st->input : "{}", output ? output : "null");
-  *out = buf_steal(&b);
-  return *out != NULL ? SK_OK : SK_ENOMEM;
-}
-
-static int task_input(dctx *d, int i, task_kind kind, const def_action *a,
-                      int attempt, char **out) {
-  *out = NULL;
-  if (a->kind == DEF_KIND_HTTP)
-    return render_http(d, &a->http, attempt, out);
-  if (a->input_json != NULL)
-    return render(d, a->input_json, attempt, out);
-  if (kind == TASK_KIND_COMP)
-    return default_comp_input(d, i, out);
-  *out = strdup(d->st->input ? d->st->input : "{}");
-  return *out != NULL ? SK_OK : SK_ENOMEM;
-}
-
-/* Builds the task of step i's attempt (not yet pushed). base_at is when it
- * may run, before a sleep's own delay. Returns SK_OK, RENDER_FAILED or an
- * error. */
-static int build_task(dctx *d, int i, task_kind kind, int attempt,
-                      int64_t base_at, saga_task *t) {
-  const def_step *s = &d->wf->steps[i];
-  const def_action *a = kind == TASK_KIND_COMP ? s->compensate : &s->action;
-  bool fwd = kind == TASK_KIND_FWD;
-  memset(t, 0, sizeof(*t));
-  t->step = i;
-  t->kind = kind;
-  t->attempt = attempt;
-  t->action = a->kind;
-  t->available_at_ms =
-      a->kind == DEF_KIND_SLEEP ? sat_add(base_at, a->sleep_ms) : base_at;
-  t->timeout_ms = def_effective_timeout(d->wf, s, !fwd);
-  if (fwd && d->st->deadline_ms > 0 &&
-      d->st->deadline_ms - d->now < t->timeout_ms)
-    t->timeout_ms = d->st->deadline_ms - d->now;
-  t->gpus = fwd ? s->gpus : 0;
-  t->gpu_memory_mb = fwd ? s->gpu_memory_mb : 0;
-  /* A resume replay's step_input stands for the template in every forward
-   * attempt of that step (the state keeps it in input_override). */
-  const char *override = NULL;
-  if (fwd)
-    override =
-        i == d->reset_from ? d->replay_input : d->st->steps[i].input_override;
-  int rc;
-  if (override != NULL)
-    rc = (t->input = strdup(override)) != NULL ? SK_OK : SK_ENOMEM;
-  else
-    rc = task_input(d, i, kind, a, attempt, &t->input);
-  t->task_type =
-      strdup(a->kind == DEF_KIND_TASK && a->task_type ? a->task_type : "");
-  t->bulkhead = strdup(def_step_bulkhead(s));
-  if (rc == SK_OK && (t->task_type == NULL || t->bulkhead == NULL))
-    rc = SK_ENOMEM;
-  if (rc != SK_OK)
-    saga_task_clear(t);
-  return rc;
-}
-
-/* ---- compensation
- * ------------------------------------------------------------------- */
-
-static bool has_comp(const dctx *d, int k) {
-  return d->wf->steps[k].compensate != NULL;
-}
-
-/* The newest step below `below` that completed and has a compensation. */
-static int next_target(const dctx *d, int below) {
-  for (int k = below - 1; k >= 0; k--) {
-    if (view_status(d, k) == STEP_STATUS_COMPLETED && has_comp(d, k))
-      return k;
-  }
-  return -1;
-}
-
-static int first_target(const dctx *d, int failed) {
-  if (failed >= 0 && d->wf->steps[failed].compensate_on_failure &&
-      has_comp(d, failed) && view_attempts(d, failed) > 0)
-    return failed;
-  return next_target(d, (int)d->st->n_steps);
+  return best;
 }
 
 static int finish_compensation(dctx *d) {
-  return emit(d, d->cancel ? SAGA_EV_SAGA_CANCELLED : SAGA_EV_SAGA_COMPENSATED,
+  return emit(d,
+              d->cur.cancel_requested ? SAGA_EV_SAGA_CANCELLED
+                                      : SAGA_EV_SAGA_COMPENSATED,
               -1, 0, cJSON_CreateObject());
 }
 
@@ -422,42 +197,175 @@ static int schedule_comp(dctx *d, int i) {
   return push_task(d, &t);
 }
 
-/* The saga turns to undoing itself. failed: the step that failed for good
- * (it may be compensated itself), or -1. */
-static int start_compensating(dctx *d, const serr *reason, int failed) {
-  int rc = emit_err(d, SAGA_EV_COMPENSATION_STARTED, -1, 0, "reason", reason);
-  if (rc != SK_OK)
-    return rc;
-  int t = first_target(d, failed);
+static int next_comp(dctx *d) {
+  int t = next_target(d);
   return t >= 0 ? schedule_comp(d, t) : finish_compensation(d);
 }
 
-static int compensate_cancelled(dctx *d, const char *why, int failed) {
-  serr e = {"Cancelled", why ? why : "cancel requested", false};
-  return start_compensating(d, &e, failed);
+/* The saga turns to undoing itself; reason is an error as JSON text. */
+static int start_compensating(dctx *d, const char *reason) {
+  int rc = emit_err_text(d, SAGA_EV_COMPENSATION_STARTED, -1, 0, "reason",
+                         reason, -1);
+  return rc != SK_OK ? rc : next_comp(d);
 }
 
-/* ---- forward
- * ----------------------------------------------------------------------------
- */
+static int compensate_cancelled(dctx *d, const char *why) {
+  serr e = {"Cancelled", why ? why : "cancel requested", false};
+  cJSON *j = err_json(&e);
+  char *text = j != NULL ? cJSON_PrintUnformatted(j) : NULL;
+  cJSON_Delete(j);
+  if (text == NULL)
+    return SK_ENOMEM;
+  int rc = start_compensating(d, text);
+  free(text);
+  return rc;
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+/* Nothing runs forward any more, after a failure for good or a cancel:
+ * running groups fail, then the saga pauses or compensates. */
+static int conclude(dctx *d, const char *cancel_why) {
+  int f = first_failure(d);
+  char *err = NULL;
+  if (f >= 0 && d->cur.steps[f].error != NULL &&
+      (err = strdup(d->cur.steps[f].error)) == NULL)
+    return SK_ENOMEM;
+  serr ce = {"Cancelled", "cancel requested", false};
+  int rc = SK_OK;
+  for (int g = (int)d->n_flat - 1; g >= 0 && rc == SK_OK; g--) {
+    if (!step_is_group(d, g) || status_of(d, g) != STEP_STATUS_SCHEDULED)
+      continue;
+    rc = f >= 0 ? emit_err_text(d, SAGA_EV_STEP_FAILED, g, 1, "error", err, 1)
+                : emit_failed(d, SAGA_EV_STEP_FAILED, g, 1, &ce, true);
+  }
+  if (rc == SK_OK) {
+    if (f < 0)
+      rc = compensate_cancelled(d, cancel_why);
+    else if (d->wf->on_failure == DEF_ON_FAILURE_PAUSE &&
+             !d->cur.cancel_requested)
+      rc = emit_err_text(d, SAGA_EV_SAGA_PAUSED, -1, 0, "error", err, -1);
+    else
+      rc = start_compensating(d, err);
+  }
+  free(err);
+  return rc;
+}
+
+/* After a step ended while stopping: wait for the steps still in flight. */
+static int after_stop(dctx *d) {
+  return any_in_flight(d) ? SK_OK : conclude(d, NULL);
+}
+
+/* Forward tasks queued before this decision and still in flight are told
+ * to stop (those queued by this decision are not in the store yet). */
+static int stop_siblings(dctx *d) {
+  const saga_state *before = d->given;
+  for (size_t k = 0; k < d->n_flat && k < before->n_steps; k++) {
+    if (leaf_in_flight(d, (int)k) &&
+        before->steps[k].status == STEP_STATUS_SCHEDULED) {
+      int rc = add_cancel(d, (int)k);
+      if (rc != SK_OK)
+        return rc;
+    }
+  }
+  return SK_OK;
+}
+
+/* ---- forward ------------------------------------------------------------- */
 
 /* Step i failed for good (attempt 0: before it was ever scheduled). */
 static int fail_final(dctx *d, int i, int attempt, const serr *e) {
   int rc = emit_failed(d, SAGA_EV_STEP_FAILED, i, attempt, e, true);
   if (rc != SK_OK)
     return rc;
-  if (d->wf->on_failure == DEF_ON_FAILURE_PAUSE && !d->cancel)
-    return emit_err(d, SAGA_EV_SAGA_PAUSED, -1, 0, "error", e);
-  return start_compensating(d, e, i);
+  if (any_in_flight(d) && (rc = stop_siblings(d)) != SK_OK)
+    return rc;
+  return after_stop(d);
+}
+
+static int schedule_forward(dctx *d, int i);
+
+/* The first step of branch b of group g, or -1 for an empty branch. */
+static int branch_first(const dctx *d, int g, int b) {
+  for (int k = g + 1; k < d->flat[g].end; k++) {
+    if (d->flat[k].parent == g && d->flat[k].branch == b)
+      return k;
+  }
+  return -1;
+}
+
+/* A group whose every branch is complete completes. */
+static bool group_complete(const dctx *d, int g) {
+  for (int k = g + 1; k < d->flat[g].end; k++) {
+    if (d->flat[k].parent == g && status_of(d, k) != STEP_STATUS_COMPLETED)
+      return false;
+  }
+  return true;
+}
+
+static int complete_saga(dctx *d) {
+  cJSON *outputs = cJSON_CreateObject();
+  for (size_t k = 0; k < d->cur.n_steps && outputs != NULL; k++) {
+    cJSON *v = json_parse(d->cur.steps[k].output);
+    if (v == NULL) {
+      cJSON_Delete(outputs);
+      return SK_EINTERNAL; /* stored outputs are always valid JSON */
+    }
+    outputs = add(outputs, d->cur.steps[k].name, v);
+  }
+  return emit(d, SAGA_EV_SAGA_COMPLETED, -1, 0,
+              add(cJSON_CreateObject(), "output", outputs));
+}
+
+/* Step i has just completed: go on after it. */
+static int advance(dctx *d, int i) {
+  if (stopping(d))
+    return after_stop(d);
+  const flat_step *f = &d->flat[i];
+  int next = f->end;
+  if ((size_t)next < d->n_flat && d->flat[next].parent == f->parent &&
+      d->flat[next].branch == f->branch)
+    return schedule_forward(d, next);
+  if (f->parent < 0)
+    return complete_saga(d);
+  if (!group_complete(d, f->parent))
+    return SK_OK; /* other branches still run */
+  cJSON *p = add(cJSON_CreateObject(), "output", cJSON_CreateNull());
+  p = add(p, "by_fallback", cJSON_CreateBool(false));
+  int rc = emit(d, SAGA_EV_STEP_COMPLETED, f->parent, 1, p);
+  return rc != SK_OK ? rc : advance(d, f->parent);
+}
+
+static int schedule_group(dctx *d, int g) {
+  int rc = emit_at(d, SAGA_EV_STEP_SCHEDULED, g, 1, d->now);
+  for (size_t b = 0; rc == SK_OK && b < d->flat[g].def->n_branches; b++) {
+    if (!running_forward(d) || stopping(d))
+      break; /* a branch failed to start: the others are not started */
+    int first = branch_first(d, g, (int)b);
+    if (first >= 0)
+      rc = schedule_forward(d, first);
+  }
+  /* Only empty branches (the validator forbids them): done at once. */
+  if (rc == SK_OK && running_forward(d) && !stopping(d) &&
+      status_of(d, g) == STEP_STATUS_SCHEDULED && group_complete(d, g)) {
+    cJSON *p = add(cJSON_CreateObject(), "output", cJSON_CreateNull());
+    p = add(p, "by_fallback", cJSON_CreateBool(false));
+    if ((rc = emit(d, SAGA_EV_STEP_COMPLETED, g, 1, p)) == SK_OK)
+      rc = advance(d, g);
+  }
+  return rc;
 }
 
 /* Schedules attempt 1 of step i, unless the saga deadline has passed. */
 static int schedule_forward(dctx *d, int i) {
-  if (d->st->deadline_ms > 0 && d->now >= d->st->deadline_ms) {
+  if (d->cur.deadline_ms > 0 && d->now >= d->cur.deadline_ms) {
     serr e = {"SagaTimeout", "saga deadline passed before the step started",
               false};
     return fail_final(d, i, 0, &e);
   }
+  if (step_is_group(d, i))
+    return schedule_group(d, i);
   saga_task t;
   int rc = build_task(d, i, TASK_KIND_FWD, 1, d->now, &t);
   if (rc == RENDER_FAILED) {
@@ -474,36 +382,14 @@ static int schedule_forward(dctx *d, int i) {
   return push_task(d, &t);
 }
 
-static int complete_saga(dctx *d) {
-  cJSON *outputs = cJSON_CreateObject();
-  for (size_t k = 0; k < d->st->n_steps && outputs != NULL; k++) {
-    cJSON *v = json_parse(view_output(d, (int)k));
-    if (v == NULL) {
-      cJSON_Delete(outputs);
-      return SK_EINTERNAL; /* stored outputs are always valid JSON */
-    }
-    outputs = add(outputs, d->st->steps[k].name, v);
-  }
-  return emit(d, SAGA_EV_SAGA_COMPLETED, -1, 0,
-              add(cJSON_CreateObject(), "output", outputs));
-}
-
-static int forward_ok(dctx *d, const saga_result *r) {
+static int emit_completed(dctx *d, const saga_result *r, bool by_fallback) {
   cJSON *out = json_parse(r->output);
   if (out == NULL)
     return SK_EJSON;
   cJSON *p = add(cJSON_CreateObject(), "output", out);
-  p = add(p, "by_fallback", cJSON_CreateBool(false));
+  p = add(p, "by_fallback", cJSON_CreateBool(by_fallback));
   int rc = emit(d, SAGA_EV_STEP_COMPLETED, r->step, r->attempt, p);
-  if (rc != SK_OK)
-    return rc;
-  d->fresh_step = r->step;
-  d->fresh_output = r->output;
-  if (d->cancel)
-    return compensate_cancelled(d, NULL, -1);
-  if ((size_t)r->step + 1 < d->st->n_steps)
-    return schedule_forward(d, r->step + 1);
-  return complete_saga(d);
+  return rc != SK_OK ? rc : advance(d, r->step);
 }
 
 static int emit_retry(dctx *d, saga_task *t, const serr *e,
@@ -529,37 +415,86 @@ static bool policy_allows(const def_retry *pol, const serr *e, int attempt) {
          (pol->max_attempts <= 0 || attempt < pol->max_attempts);
 }
 
-static int forward_failed(dctx *d, const saga_result *r, const serr *e0) {
-  const def_step *s = &d->wf->steps[r->step];
-  def_retry pol;
-  def_effective_retry(d->wf, s, false, &pol);
-  serr e = *e0;
-  char msg[SK_ERROR_MESSAGE_MAX];
-  if (!policy_allows(&pol, &e, r->attempt) || d->cancel ||
-      strcmp(e.type, "Cancelled") == 0)
-    return fail_final(d, r->step, r->attempt, &e);
-  int64_t delay = saga_backoff_ms(&pol, r->attempt + 1, d->rng);
-  int64_t at = sat_add(d->now, delay);
-  if (d->st->deadline_ms > 0 && at >= d->st->deadline_ms) {
-    snprintf(msg, sizeof(msg),
-             "saga deadline would pass before attempt %d (last error %s: %s)",
-             r->attempt + 1, e0->type, e0->message ? e0->message : "");
-    serr te = {"SagaTimeout", msg, false};
-    return fail_final(d, r->step, r->attempt, &te);
-  }
+/* ---- fallback ------------------------------------------------------------ */
+
+/* The forward attempt's failure (already recorded, not final) hands step i
+ * to its fallback: FallbackScheduled + task, or a final failure when its
+ * input does not render. */
+static int schedule_fallback(dctx *d, int i) {
   saga_task t;
-  int rc = build_task(d, r->step, TASK_KIND_FWD, r->attempt + 1, at, &t);
+  int rc = build_task(d, i, TASK_KIND_FALLBACK, 1, d->now, &t);
   if (rc == RENDER_FAILED) {
-    serr te = {"TemplateError", d->why, false};
-    return fail_final(d, r->step, r->attempt, &te);
+    serr e = {"TemplateError", d->why, false};
+    return fail_final(d, i, d->cur.steps[i].attempts, &e);
   }
   if (rc != SK_OK)
     return rc;
-  return emit_retry(d, &t, &e, SAGA_EV_STEP_FAILED, at, delay);
+  if ((rc = emit_at(d, SAGA_EV_FALLBACK_SCHEDULED, i, 1, t.available_at_ms)) !=
+      SK_OK) {
+    saga_task_clear(&t);
+    return rc;
+  }
+  return push_task(d, &t);
 }
 
-/* ---- compensation results
- * ------------------------------------------------------------------ */
+/* Step i's forward attempt `attempt` failed for good: its fallback runs
+ * when it has one and the failure allows it, else the step fails. */
+static int give_up(dctx *d, int i, int attempt, const serr *e) {
+  const def_step *s = d->flat[i].def;
+  bool fb = s->fallback != NULL && attempt > 0 && !stopping(d) &&
+            strcmp(e->type, "SagaTimeout") != 0 &&
+            strcmp(e->type, "Cancelled") != 0;
+  if (!fb)
+    return fail_final(d, i, attempt, e);
+  int rc = emit_failed(d, SAGA_EV_STEP_FAILED, i, attempt, e, false);
+  return rc != SK_OK ? rc : schedule_fallback(d, i);
+}
+
+/* A failed attempt of step i's forward action or fallback (kind): retry
+ * it, or give up. */
+static int attempt_failed(dctx *d, const saga_result *r, const serr *e0) {
+  bool fb = r->kind == TASK_KIND_FALLBACK;
+  def_retry pol;
+  task_policy(d, r->step, r->kind, &pol, NULL);
+  serr e = *e0;
+  char msg[SK_ERROR_MESSAGE_MAX];
+  bool retry = policy_allows(&pol, &e, r->attempt) && !stopping(d) &&
+               strcmp(e.type, "Cancelled") != 0;
+  int64_t delay = 0, at = 0;
+  if (retry) {
+    delay = saga_backoff_ms(&pol, r->attempt + 1, d->rng);
+    at = sat_add(d->now, delay);
+    if (d->cur.deadline_ms > 0 && at >= d->cur.deadline_ms) {
+      snprintf(msg, sizeof(msg),
+               "saga deadline would pass before attempt %d (last error %s: "
+               "%s)",
+               r->attempt + 1, e0->type, e0->message ? e0->message : "");
+      e = (serr){"SagaTimeout", msg, false};
+      retry = false;
+    }
+  }
+  saga_task t;
+  int rc = retry ? build_task(d, r->step, r->kind, r->attempt + 1, at, &t)
+                 : SK_OK;
+  if (rc < 0)
+    return rc;
+  if (rc == RENDER_FAILED) {
+    e = (serr){"TemplateError", d->why, false};
+    retry = false;
+  }
+  if (retry)
+    return emit_retry(d, &t,
+                      &e, fb ? SAGA_EV_FALLBACK_FAILED : SAGA_EV_STEP_FAILED,
+                      at, delay);
+  if (!fb)
+    return give_up(d, r->step, r->attempt, &e);
+  rc = emit_failed(d, SAGA_EV_FALLBACK_FAILED, r->step, r->attempt, &e, true);
+  return rc != SK_OK ? rc
+                     : fail_final(d, r->step, d->cur.steps[r->step].attempts,
+                                  &e);
+}
+
+/* ---- compensation results ------------------------------------------------ */
 
 static int comp_ok(dctx *d, const saga_result *r) {
   cJSON *out = json_parse(r->output);
@@ -567,16 +502,12 @@ static int comp_ok(dctx *d, const saga_result *r) {
     return SK_EJSON;
   int rc = emit(d, SAGA_EV_COMPENSATION_COMPLETED, r->step, r->attempt,
                 add(cJSON_CreateObject(), "output", out));
-  if (rc != SK_OK)
-    return rc;
-  int next = next_target(d, r->step);
-  return next >= 0 ? schedule_comp(d, next) : finish_compensation(d);
+  return rc != SK_OK ? rc : next_comp(d);
 }
 
 static int comp_failed(dctx *d, const saga_result *r, const serr *e) {
-  const def_step *s = &d->wf->steps[r->step];
   def_retry pol;
-  def_effective_retry(d->wf, s, true, &pol);
+  task_policy(d, r->step, TASK_KIND_COMP, &pol, NULL);
   if (!policy_allows(&pol, e, r->attempt))
     return comp_give_up(d, r->step, r->attempt, e);
   int64_t delay = saga_backoff_ms(&pol, r->attempt + 1, d->rng);
@@ -592,42 +523,91 @@ static int comp_failed(dctx *d, const saga_result *r, const serr *e) {
   return emit_retry(d, &t, e, SAGA_EV_COMPENSATION_FAILED, at, delay);
 }
 
-/* ---- entry points
- * ------------------------------------------------------------------------- */
+/* ---- entry points -------------------------------------------------------- */
 
-/* Refuses definitions this decider cannot run yet. */
-static int check_supported(const def_workflow *wf) {
-  for (size_t i = 0; i < wf->n_steps; i++) {
-    const def_step *s = &wf->steps[i];
-    if (s->action.kind == DEF_KIND_PARALLEL || s->fallback != NULL ||
-        s->fallback_compensate != NULL || s->n_branches > 0 ||
-        (s->compensate != NULL && s->compensate->kind == DEF_KIND_PARALLEL))
+/* Refuses definitions this decider cannot run. */
+static int check_steps(const def_step *steps, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const def_step *s = &steps[i];
+    bool group = s->action.kind == DEF_KIND_PARALLEL;
+    if (group != (s->n_branches > 0) ||
+        (s->compensate != NULL && s->compensate->kind != DEF_KIND_TASK &&
+         s->compensate->kind != DEF_KIND_HTTP) ||
+        (s->fallback != NULL && s->fallback->kind != DEF_KIND_TASK &&
+         s->fallback->kind != DEF_KIND_HTTP) ||
+        (s->fallback_compensate != NULL && s->fallback == NULL) ||
+        (group && (s->compensate != NULL || s->fallback != NULL)))
       return SK_ENOTSUP;
+    for (size_t b = 0; b < s->n_branches; b++) {
+      int rc = check_steps(s->branches[b].steps, s->branches[b].n_steps);
+      if (rc != SK_OK)
+        return rc;
+    }
   }
   return SK_OK;
 }
 
-/* The definition must be the one the saga runs. */
-static int check_pair(const def_workflow *wf, const saga_state *st) {
-  if (wf == NULL || st == NULL || st->workflow == NULL || wf->name == NULL ||
+/* The definition must be the one the saga runs: same identity and the
+ * same flattened tree. */
+static int check_pair(const dctx *d, const saga_state *st) {
+  const def_workflow *wf = d->wf;
+  if (st->workflow == NULL || wf->name == NULL ||
       strcmp(wf->name, st->workflow) != 0 || wf->version != st->version ||
-      wf->n_steps != st->n_steps)
+      d->n_flat != st->n_steps)
     return SK_EINVAL;
-  return check_supported(wf);
+  for (size_t k = 0; k < d->n_flat; k++) {
+    const saga_step_state *s = &st->steps[k];
+    if (s->name == NULL || d->flat[k].def->name == NULL ||
+        strcmp(s->name, d->flat[k].def->name) != 0 ||
+        s->parent != d->flat[k].parent || s->branch != d->flat[k].branch)
+      return SK_EINVAL;
+  }
+  return check_steps(wf->steps, wf->n_steps);
 }
 
-static int finish(saga_decision *out, int rc) {
+/* Sets up d for a decision on st (an existing saga). */
+static int begin(dctx *d, const def_workflow *wf, const saga_state *st,
+                 const char *node, int64_t now, saga_rng *rng,
+                 saga_decision *out) {
+  saga_decision_init(out);
+  if (wf == NULL || st == NULL)
+    return SK_EINVAL;
+  int rc = dctx_init(d, wf, st, node, now, rng, out);
   if (rc != SK_OK)
-    saga_decision_clear(out);
+    return rc;
+  if ((rc = check_pair(d, st)) != SK_OK)
+    dctx_free(d);
   return rc;
 }
 
-static int start_payload(const def_workflow *wf, const char *id, cJSON *input,
-                         const char *key, const char *replay_of,
-                         int64_t deadline, cJSON **out) {
+static int finish(dctx *d, int rc) {
+  dctx_free(d);
+  if (rc != SK_OK)
+    saga_decision_clear(d->out);
+  return rc;
+}
+
+static cJSON *int_array(const dctx *d, bool parents) {
+  cJSON *a = cJSON_CreateArray();
+  for (size_t k = 0; k < d->n_flat && a != NULL; k++) {
+    cJSON *n = json_num(parents ? d->flat[k].parent : d->flat[k].branch);
+    if (n == NULL || !cJSON_AddItemToArray(a, n)) {
+      cJSON_Delete(n);
+      cJSON_Delete(a);
+      a = NULL;
+    }
+  }
+  return a;
+}
+
+static cJSON *start_payload(const dctx *d, const char *id, cJSON *input,
+                            const char *key, const char *replay_of,
+                            int64_t deadline) {
   cJSON *names = cJSON_CreateArray();
-  for (size_t i = 0; i < wf->n_steps && names != NULL; i++) {
-    cJSON *n = cJSON_CreateString(wf->steps[i].name);
+  bool tree = false;
+  for (size_t k = 0; k < d->n_flat && names != NULL; k++) {
+    cJSON *n = cJSON_CreateString(d->flat[k].def->name);
+    tree = tree || d->flat[k].parent >= 0;
     if (n == NULL || !cJSON_AddItemToArray(names, n)) {
       cJSON_Delete(n);
       cJSON_Delete(names);
@@ -635,14 +615,18 @@ static int start_payload(const def_workflow *wf, const char *id, cJSON *input,
     }
   }
   cJSON *p = add(cJSON_CreateObject(), "id", cJSON_CreateString(id));
-  p = add(p, "workflow", cJSON_CreateString(wf->name));
-  p = add(p, "version", json_num(wf->version));
+  p = add(p, "workflow", cJSON_CreateString(d->wf->name));
+  p = add(p, "version", json_num(d->wf->version));
   p = add(p, "input", input);
   p = add(p, "steps", names);
   p = add(p, "deadline_ms", json_num(deadline));
   p = add(p, "idempotency_key", json_str_or_null(key));
-  *out = add(p, "replay_of", json_str_or_null(replay_of));
-  return *out != NULL ? SK_OK : SK_ENOMEM;
+  p = add(p, "replay_of", json_str_or_null(replay_of));
+  if (tree) {
+    p = add(p, "parents", int_array(d, true));
+    p = add(p, "branches", int_array(d, false));
+  }
+  return p;
 }
 
 int saga_decide_start(const def_workflow *wf, const char *new_id,
@@ -653,7 +637,7 @@ int saga_decide_start(const def_workflow *wf, const char *new_id,
   if (wf == NULL || wf->name == NULL || new_id == NULL ||
       strlen(new_id) >= SK_ID_LEN)
     return SK_EINVAL;
-  int rc = check_supported(wf);
+  int rc = check_steps(wf->steps, wf->n_steps);
   if (rc != SK_OK)
     return rc;
   cJSON *in = cJSON_Parse(input != NULL ? input : "{}");
@@ -662,35 +646,36 @@ int saga_decide_start(const def_workflow *wf, const char *new_id,
     return SK_EJSON;
   }
   int64_t deadline = wf->timeout_ms > 0 ? sat_add(now_ms, wf->timeout_ms) : 0;
-  cJSON *p;
-  if ((rc = start_payload(wf, new_id, in, idempotency_key, replay_of, deadline,
-                          &p)) != SK_OK)
-    return rc;
   /* The rest is decided against the state SagaStarted creates. */
   saga_state st;
   saga_state_init(&st);
   dctx d;
-  dctx_init(&d, wf, &st, NULL, now_ms, rng, out);
-  rc = emit(&d, SAGA_EV_SAGA_STARTED, -1, 0, p);
-  if (rc == SK_OK)
-    rc = saga_evolve(&st, &out->events[0]);
-  if (rc == SK_OK) {
-    st.last_seq = 0; /* further events number on from the decision */
-    rc = wf->n_steps > 0 ? schedule_forward(&d, 0) : complete_saga(&d);
+  if ((rc = dctx_init(&d, wf, &st, NULL, now_ms, rng, out)) != SK_OK) {
+    cJSON_Delete(in);
+    return rc;
   }
-  saga_state_clear(&st);
-  return finish(out, rc);
+  rc = emit(&d, SAGA_EV_SAGA_STARTED, -1, 0,
+            start_payload(&d, new_id, in, idempotency_key, replay_of,
+                          deadline));
+  if (rc == SK_OK)
+    rc = d.n_flat > 0 ? schedule_forward(&d, 0) : complete_saga(&d);
+  return finish(&d, rc);
 }
 
-static bool result_matches(const saga_state *st, const saga_result *r) {
-  if (r->step < 0 || (size_t)r->step >= st->n_steps || r->step != st->cursor)
+static bool result_matches(const dctx *d, const saga_result *r) {
+  const saga_state *st = d->given;
+  if (r->step < 0 || (size_t)r->step >= st->n_steps)
     return false;
   const saga_step_state *s = &st->steps[r->step];
-  if (r->kind == TASK_KIND_FWD)
+  if (r->kind == TASK_KIND_FWD || r->kind == TASK_KIND_FALLBACK) {
+    bool fb = r->kind == TASK_KIND_FALLBACK;
     return st->status == SAGA_STATUS_RUNNING &&
-           st->phase == SAGA_PHASE_FORWARD &&
-           s->status == STEP_STATUS_SCHEDULED && r->attempt == s->attempts;
-  return st->status == SAGA_STATUS_COMPENSATING &&
+           st->phase == SAGA_PHASE_FORWARD && !step_is_group(d, r->step) &&
+           s->status == STEP_STATUS_SCHEDULED && (s->fb_attempts > 0) == fb &&
+           r->attempt == (fb ? s->fb_attempts : s->attempts);
+  }
+  return r->kind == TASK_KIND_COMP && r->step == st->cursor &&
+         st->status == SAGA_STATUS_COMPENSATING &&
          st->phase == SAGA_PHASE_COMPENSATING &&
          s->status == STEP_STATUS_COMPENSATING &&
          r->attempt == s->comp_attempts;
@@ -702,53 +687,75 @@ int saga_decide_result(const def_workflow *wf, const saga_state *st,
   saga_decision_init(out);
   if (r == NULL)
     return SK_EINVAL;
-  int rc = check_pair(wf, st);
+  dctx d;
+  int rc = begin(&d, wf, st, node, now_ms, rng, out);
   if (rc != SK_OK)
     return rc;
-  if (saga_status_settled(st->status) || !result_matches(st, r))
-    return SK_ESTATE;
-  dctx d;
-  dctx_init(&d, wf, st, node, now_ms, rng, out);
+  if (saga_status_settled(st->status) || !result_matches(&d, r))
+    return finish(&d, SK_ESTATE);
   serr e = {r->err_type && r->err_type[0] ? r->err_type : "Error",
             r->err_message ? r->err_message : "", r->err_retryable};
-  if (r->kind == TASK_KIND_FWD)
-    rc = r->ok ? forward_ok(&d, r) : forward_failed(&d, r, &e);
-  else
+  if (r->kind == TASK_KIND_COMP)
     rc = r->ok ? comp_ok(&d, r) : comp_failed(&d, r, &e);
-  return finish(out, rc);
+  else
+    rc = r->ok ? emit_completed(&d, r, r->kind == TASK_KIND_FALLBACK)
+               : attempt_failed(&d, r, &e);
+  return finish(&d, rc);
 }
 
 int saga_decide_cancel(const def_workflow *wf, const saga_state *st,
                        const char *reason, const char *node, int64_t now_ms,
                        saga_rng *rng, saga_decision *out) {
-  saga_decision_init(out);
-  int rc = check_pair(wf, st);
+  dctx d;
+  int rc = begin(&d, wf, st, node, now_ms, rng, out);
   if (rc != SK_OK)
     return rc;
   if (saga_status_settled(st->status) && st->status != SAGA_STATUS_PAUSED)
-    return SK_ESTATE;
+    return finish(&d, SK_ESTATE);
   if (st->cancel_requested)
-    return SK_OK;
-  dctx d;
-  dctx_init(&d, wf, st, node, now_ms, rng, out);
+    return finish(&d, SK_OK);
   rc = emit(&d, SAGA_EV_CANCEL_REQUESTED, -1, 0,
             add(cJSON_CreateObject(), "reason", json_str_or_null(reason)));
-  d.cancel = true;
   if (rc != SK_OK || st->status == SAGA_STATUS_COMPENSATING)
-    return finish(out, rc);
+    return finish(&d, rc);
   if (st->status == SAGA_STATUS_PAUSED)
-    return finish(out, compensate_cancelled(&d, reason, st->cursor));
-  /* Running: the step in flight is told to stop; its result (whatever it
-   * is) then starts the compensation. */
-  if (st->cursor >= 0 && st->steps[st->cursor].status == STEP_STATUS_SCHEDULED)
-    out->cancel_step = st->cursor;
+    return finish(&d, compensate_cancelled(&d, reason));
+  /* Running: the steps in flight are told to stop; their results (whatever
+   * they are) then lead to the compensation. */
+  if (any_in_flight(&d))
+    rc = stop_siblings(&d);
   else
-    rc = compensate_cancelled(&d, reason, -1);
-  return finish(out, rc);
+    rc = conclude(&d, reason);
+  return finish(&d, rc);
+}
+
+int saga_decide_breaker_open(const def_workflow *wf, const saga_state *st,
+                             int step, const char *node, int64_t now_ms,
+                             saga_rng *rng, saga_decision *out) {
+  dctx d;
+  int rc = begin(&d, wf, st, node, now_ms, rng, out);
+  if (rc != SK_OK)
+    return rc;
+  if (step < 0 || (size_t)step >= d.n_flat ||
+      d.flat[step].def->fallback == NULL ||
+      !d.flat[step].def->fallback_on_breaker_open)
+    return finish(&d, SK_EINVAL);
+  const saga_step_state *s = &st->steps[step];
+  if (!running_forward(&d) || stopping(&d) ||
+      s->status != STEP_STATUS_SCHEDULED || s->fb_attempts != 0)
+    return finish(&d, SK_ESTATE);
+  serr e = {"BreakerOpen", "circuit breaker open; running the fallback",
+            false};
+  rc = add_cancel(&d, step);
+  if (rc == SK_OK)
+    rc = emit_failed(&d, SAGA_EV_STEP_FAILED, step, s->attempts, &e, false);
+  if (rc == SK_OK)
+    rc = schedule_fallback(&d, step);
+  return finish(&d, rc);
 }
 
 static int replay_failed(dctx *d, const saga_replay *req) {
-  const saga_state *st = d->st;
+  const saga_state *st = d->given;
   if (req != NULL && (req->from_step != NULL || req->step_input != NULL))
     return SK_EINVAL;
   if (st->cursor < 0 ||
@@ -761,50 +768,47 @@ static int replay_failed(dctx *d, const saga_replay *req) {
   return rc != SK_OK ? rc : schedule_comp(d, st->cursor);
 }
 
+/* The flat index of a top-level step named `name`, or -1. */
+static int top_level_index(const dctx *d, const char *name) {
+  for (size_t k = 0; k < d->n_flat; k++) {
+    if (d->flat[k].parent < 0 && strcmp(d->flat[k].def->name, name) == 0)
+      return (int)k;
+  }
+  return -1;
+}
+
 static int replay_paused(dctx *d, const saga_replay *req) {
-  const saga_state *st = d->st;
+  const saga_state *st = d->given;
   int from = st->cursor;
   if (req != NULL && req->from_step != NULL)
-    from = def_step_index(d->wf, req->from_step);
-  if (from < 0 || from > st->cursor)
+    from = top_level_index(d, req->from_step);
+  if (from < 0 || from > st->cursor || d->flat[from].parent >= 0)
     return SK_EINVAL;
   cJSON *in = NULL;
-  char *text = NULL;
-  if (req != NULL && req->step_input != NULL) {
-    if ((in = cJSON_Parse(req->step_input)) == NULL)
-      return SK_EJSON;
-    /* The compact text is what the state's input_override will hold. */
-    if (!cJSON_IsNull(in) && (text = cJSON_PrintUnformatted(in)) == NULL) {
-      cJSON_Delete(in);
-      return SK_ENOMEM;
-    }
-  }
+  if (req != NULL && req->step_input != NULL &&
+      (in = cJSON_Parse(req->step_input)) == NULL)
+    return SK_EJSON;
   cJSON *p = add(cJSON_CreateObject(), "mode", cJSON_CreateString("resume"));
   p = add(p, "from_step", cJSON_CreateString(st->steps[from].name));
   p = add(p, "step_input", in != NULL ? in : cJSON_CreateNull());
+  /* Evolving Replayed resets the steps from `from` on and keeps the input
+   * override in the state, where build_task finds it. */
   int rc = emit(d, SAGA_EV_REPLAYED, from, 0, p);
-  d->reset_from = from;
-  d->replay_input = text;
-  if (rc == SK_OK)
-    rc = schedule_forward(d, from);
-  free(text);
-  return rc;
+  return rc != SK_OK ? rc : schedule_forward(d, from);
 }
 
 int saga_decide_replay(const def_workflow *wf, const saga_state *st,
                        const saga_replay *req, const char *node, int64_t now_ms,
                        saga_rng *rng, saga_decision *out) {
-  saga_decision_init(out);
-  int rc = check_pair(wf, st);
+  dctx d;
+  int rc = begin(&d, wf, st, node, now_ms, rng, out);
   if (rc != SK_OK)
     return rc;
-  dctx d;
-  dctx_init(&d, wf, st, node, now_ms, rng, out);
   if (st->status == SAGA_STATUS_FAILED)
-    return finish(out, replay_failed(&d, req));
+    return finish(&d, replay_failed(&d, req));
   if (st->status == SAGA_STATUS_PAUSED)
-    return finish(out, replay_paused(&d, req));
-  return SK_ESTATE;
+    return finish(&d, replay_paused(&d, req));
+  return finish(&d, SK_ESTATE);
 }
 
 int saga_decide_link(const saga_state *st, const char *new_id, const char *node,
@@ -815,13 +819,11 @@ int saga_decide_link(const saga_state *st, const char *new_id, const char *node,
   if (st->phase != SAGA_PHASE_DONE)
     return SK_ESTATE;
   dctx d;
-  memset(&d, 0, sizeof(d));
-  d.st = st;
-  d.node = node;
-  d.now = now_ms;
-  d.out = out;
-  int rc = emit(
+  int rc = dctx_init(&d, NULL, st, node, now_ms, NULL, out);
+  if (rc != SK_OK)
+    return rc;
+  rc = emit(
       &d, SAGA_EV_REPLAY_LINKED, -1, 0,
       add(cJSON_CreateObject(), "replayed_by", cJSON_CreateString(new_id)));
-  return finish(out, rc);
+  return finish(&d, rc);
 }

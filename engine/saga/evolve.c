@@ -127,9 +127,47 @@ static bool any_step_in(const saga_state *st, step_status s) {
   return false;
 }
 
-/* Forward progress reached step i: every earlier step completed. */
+/* The step before i in its sequence (top level or one branch), or -1. */
+static int prev_sibling(const saga_state *st, int i) {
+  for (int j = i - 1; j >= 0; j--) {
+    if (st->steps[j].parent == st->steps[i].parent &&
+        st->steps[j].branch == st->steps[i].branch)
+      return j;
+  }
+  return -1;
+}
+
+/* Forward progress reached step i: the step before it in its sequence
+ * completed, or it opens a branch of a group that is running. */
 static bool predecessors_done(const saga_state *st, int i) {
-  return i == 0 || st->steps[i - 1].status == STEP_STATUS_COMPLETED;
+  int p = prev_sibling(st, i);
+  if (p >= 0)
+    return st->steps[p].status == STEP_STATUS_COMPLETED;
+  int g = st->steps[i].parent;
+  return g < 0 || st->steps[g].status == STEP_STATUS_SCHEDULED;
+}
+
+/* True if step j lies under group g (at any depth). */
+static bool under(const saga_state *st, int j, int g) {
+  for (int p = st->steps[j].parent; p >= 0; p = st->steps[p].parent) {
+    if (p == g)
+      return true;
+  }
+  return false;
+}
+
+static bool is_group(const saga_state *st, int i) {
+  for (size_t j = (size_t)i + 1; j < st->n_steps; j++) {
+    if (st->steps[j].parent == i)
+      return true;
+  }
+  return false;
+}
+
+/* A step failed for good while the saga still runs forward: parallel
+ * siblings are being drained, nothing new may start. */
+static bool draining(const saga_state *st) {
+  return forward_running(st) && any_step_in(st, STEP_STATUS_FAILED);
 }
 
 static void settle(saga_state *st, saga_status s) {
@@ -144,12 +182,15 @@ static void settle(saga_state *st, saga_status s) {
 
 static void reset_step(saga_step_state *s) {
   char *name = s->name;
+  int parent = s->parent, branch = s->branch;
   free(s->output);
   free(s->error);
   free(s->comp_error);
   free(s->input_override);
   memset(s, 0, sizeof(*s));
   s->name = name;
+  s->parent = parent;
+  s->branch = branch;
   s->status = STEP_STATUS_PENDING;
 }
 
@@ -197,7 +238,38 @@ typedef struct started {
   char **names;
   size_t n;
   int64_t version, deadline;
+  int *parents, *branches; /* NULL: all top level */
 } started;
+
+/* Optional int array `key` of n entries in [-1, limit_i) where limit_i is
+ * the entry's own index for parents (a group precedes its steps). */
+static int read_ints(const cJSON *p, const char *key, size_t n, bool parents,
+                     int **out) {
+  const cJSON *arr = cJSON_GetObjectItemCaseSensitive(p, key);
+  *out = NULL;
+  if (arr == NULL)
+    return SK_OK;
+  if (!cJSON_IsArray(arr) || (size_t)cJSON_GetArraySize(arr) != n)
+    return SK_EJSON;
+  if (n == 0)
+    return SK_OK;
+  int *v = calloc(n, sizeof(*v));
+  if (v == NULL)
+    return SK_ENOMEM;
+  size_t i = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, arr) {
+    double x = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+    double hi = parents ? (double)i : 1e6;
+    if (!(x >= -1 && x < hi) || x != floor(x)) {
+      free(v);
+      return SK_EJSON;
+    }
+    v[i++] = (int)x;
+  }
+  *out = v;
+  return SK_OK;
+}
 
 static void started_free(started *s) {
   free(s->id);
@@ -208,6 +280,8 @@ static void started_free(started *s) {
   for (size_t i = 0; i < s->n; i++)
     free(s->names[i]);
   free(s->names);
+  free(s->parents);
+  free(s->branches);
 }
 
 static int read_started(const cJSON *p, started *s) {
@@ -219,8 +293,16 @@ static int read_started(const cJSON *p, started *s) {
       (rc = get_i64(p, "deadline_ms", false, &s->deadline)) != SK_OK ||
       (rc = get_str(p, "idempotency_key", false, &s->key)) != SK_OK ||
       (rc = get_str(p, "replay_of", false, &s->replay_of)) != SK_OK ||
-      (rc = read_step_names(p, &s->names, &s->n)) != SK_OK)
+      (rc = read_step_names(p, &s->names, &s->n)) != SK_OK ||
+      (rc = read_ints(p, "parents", s->n, true, &s->parents)) != SK_OK ||
+      (rc = read_ints(p, "branches", s->n, false, &s->branches)) != SK_OK)
     return rc;
+  if ((s->parents == NULL) != (s->branches == NULL))
+    return SK_EJSON;
+  for (size_t i = 0; s->parents != NULL && i < s->n; i++) {
+    if ((s->parents[i] < 0) != (s->branches[i] < 0))
+      return SK_EJSON;
+  }
   if (s->workflow == NULL || s->version < 0 || s->version > INT32_MAX ||
       s->deadline < 0 ||
       (s->id != NULL && strlen(s->id) >= sizeof(((saga_state *)0)->id)))
@@ -244,7 +326,11 @@ static int ev_saga_started(saga_state *st, const saga_event *ev,
   for (size_t i = 0; i < s.n; i++) {
     steps[i].name = s.names[i];
     steps[i].status = STEP_STATUS_PENDING;
+    steps[i].parent = s.parents != NULL ? s.parents[i] : -1;
+    steps[i].branch = s.branches != NULL ? s.branches[i] : -1;
   }
+  free(s.parents);
+  free(s.branches);
   free(s.names);
   if (s.id != NULL)
     memcpy(st->id, s.id, strlen(s.id) + 1);
@@ -271,7 +357,7 @@ static int ev_step_scheduled(saga_state *st, const saga_event *ev,
                              const cJSON *p) {
   saga_step_state *s = ev_step(st, ev);
   if (s == NULL || !forward_running(st) || st->cancel_requested ||
-      s->status != STEP_STATUS_PENDING || ev->attempt != 1 ||
+      draining(st) || s->status != STEP_STATUS_PENDING || ev->attempt != 1 ||
       !predecessors_done(st, ev->step))
     return SK_ESTATE;
   int64_t at;
@@ -286,27 +372,52 @@ static int ev_step_scheduled(saga_state *st, const saga_event *ev,
   return SK_OK;
 }
 
-/* The forward attempt the event names is the one in flight. */
+/* The forward attempt (fb: the fallback attempt) the event names is the
+ * one in flight. */
 static bool in_flight(const saga_state *st, const saga_step_state *s,
-                      const saga_event *ev) {
-  return s != NULL && forward_running(st) && ev->step == st->cursor &&
-         s->status == STEP_STATUS_SCHEDULED && ev->attempt == s->attempts;
+                      const saga_event *ev, bool fb) {
+  if (s == NULL || !forward_running(st) || s->status != STEP_STATUS_SCHEDULED)
+    return false;
+  return fb ? s->fb_attempts > 0 && ev->attempt == s->fb_attempts
+            : s->fb_attempts == 0 && ev->attempt == s->attempts;
+}
+
+/* Nothing under group g is still running forward. */
+static bool group_quiet(const saga_state *st, int g) {
+  for (size_t j = (size_t)g + 1; j < st->n_steps; j++) {
+    if (under(st, (int)j, g) && st->steps[j].status == STEP_STATUS_SCHEDULED)
+      return false;
+  }
+  return true;
+}
+
+static bool group_done(const saga_state *st, int g) {
+  for (size_t j = (size_t)g + 1; j < st->n_steps; j++) {
+    if (st->steps[j].parent == g &&
+        st->steps[j].status != STEP_STATUS_COMPLETED)
+      return false;
+  }
+  return true;
 }
 
 static int ev_step_completed(saga_state *st, const saga_event *ev,
                              const cJSON *p) {
   saga_step_state *s = ev_step(st, ev);
-  if (!in_flight(st, s, ev))
-    return SK_ESTATE;
   char *out;
   bool fb;
   int rc = get_bool(p, "by_fallback", false, &fb);
-  if (rc != SK_OK || (rc = get_raw(p, "output", true, &out)) != SK_OK)
+  if (rc != SK_OK)
+    return rc;
+  if (!in_flight(st, s, ev, fb) ||
+      (is_group(st, ev->step) && (fb || !group_done(st, ev->step))))
+    return SK_ESTATE;
+  if ((rc = get_raw(p, "output", true, &out)) != SK_OK)
     return rc;
   set_str(&s->output, out);
   s->status = STEP_STATUS_COMPLETED;
   s->by_fallback = fb;
   s->finished_ms = ev->ts_ms;
+  s->finished_seq = ev->seq;
   return SK_OK;
 }
 
@@ -322,7 +433,16 @@ static int ev_step_failed(saga_state *st, const saga_event *ev,
   bool unscheduled = s != NULL && forward_running(st) &&
                      s->status == STEP_STATUS_PENDING && ev->attempt == 0 &&
                      final && predecessors_done(st, ev->step);
-  if (!unscheduled && !in_flight(st, s, ev))
+  /* A final failure also ends a step whose fallback failed for good (it
+   * carries the forward attempt count) and a group (nothing under it may
+   * still run). */
+  bool ok = in_flight(st, s, ev, false);
+  if (!ok && final && s != NULL && forward_running(st) &&
+      s->status == STEP_STATUS_SCHEDULED && ev->attempt == s->attempts)
+    ok = s->fb_attempts > 0 || is_group(st, ev->step);
+  if (ok && is_group(st, ev->step) && (!final || !group_quiet(st, ev->step)))
+    ok = false;
+  if (!unscheduled && !ok)
     return SK_ESTATE;
   char *err;
   if ((rc = get_object(p, "error", &err)) != SK_OK)
@@ -332,7 +452,39 @@ static int ev_step_failed(saga_state *st, const saga_event *ev,
   if (final) {
     s->status = STEP_STATUS_FAILED;
     s->finished_ms = ev->ts_ms;
+    s->finished_seq = ev->seq;
   }
+  return SK_OK;
+}
+
+static int ev_fallback_scheduled(saga_state *st, const saga_event *ev,
+                                 const cJSON *p) {
+  saga_step_state *s = ev_step(st, ev);
+  if (s == NULL || !forward_running(st) || st->cancel_requested ||
+      draining(st) || s->status != STEP_STATUS_SCHEDULED ||
+      s->fb_attempts != 0 || ev->attempt != 1 || is_group(st, ev->step))
+    return SK_ESTATE;
+  int64_t at;
+  int rc = get_i64(p, "available_at_ms", true, &at);
+  if (rc != SK_OK)
+    return rc;
+  s->fb_attempts = 1;
+  s->available_at_ms = at;
+  st->cursor = ev->step;
+  return SK_OK;
+}
+
+static int ev_fallback_failed(saga_state *st, const saga_event *ev,
+                              const cJSON *p) {
+  saga_step_state *s = ev_step(st, ev);
+  if (!in_flight(st, s, ev, true))
+    return SK_ESTATE;
+  bool final;
+  char *err;
+  int rc = get_bool(p, "final", true, &final);
+  if (rc != SK_OK || (rc = get_object(p, "error", &err)) != SK_OK)
+    return rc;
+  set_str(&s->error, err);
   return SK_OK;
 }
 
@@ -346,19 +498,26 @@ static int ev_retry_scheduled(saga_state *st, const saga_event *ev,
     return rc;
   bool fwd = kind != NULL && strcmp(kind, "fwd") == 0;
   bool comp = kind != NULL && strcmp(kind, "comp") == 0;
+  bool fb = kind != NULL && strcmp(kind, "fallback") == 0;
   free(kind);
-  if ((!fwd && !comp) ||
+  if ((!fwd && !comp && !fb) ||
       (rc = get_i64(p, "available_at_ms", true, &at)) != SK_OK ||
       (rc = get_i64(p, "delay_ms", false, &delay)) != SK_OK)
     return rc != SK_OK ? rc : SK_EJSON;
-  if (s == NULL || ev->step != st->cursor)
+  if (s == NULL)
     return SK_ESTATE;
-  if (fwd) {
-    if (!forward_running(st) || st->cancel_requested ||
-        s->status != STEP_STATUS_SCHEDULED || ev->attempt != s->attempts + 1)
+  if (fwd || fb) {
+    if (!forward_running(st) || st->cancel_requested || draining(st) ||
+        s->status != STEP_STATUS_SCHEDULED || (s->fb_attempts > 0) != fb ||
+        ev->attempt != (fb ? s->fb_attempts : s->attempts) + 1)
       return SK_ESTATE;
-    s->attempts = ev->attempt;
+    if (fb)
+      s->fb_attempts = ev->attempt;
+    else
+      s->attempts = ev->attempt;
   } else {
+    if (ev->step != st->cursor)
+      return SK_ESTATE;
     if (!compensating(st) || s->status != STEP_STATUS_COMPENSATING ||
         ev->attempt != s->comp_attempts + 1)
       return SK_ESTATE;
@@ -488,7 +647,8 @@ static int ev_saga_failed(saga_state *st, const saga_event *ev,
 static int ev_saga_paused(saga_state *st, const saga_event *ev,
                           const cJSON *p) {
   if (!forward_running(st) || st->cursor < 0 ||
-      st->steps[st->cursor].status != STEP_STATUS_FAILED)
+      st->steps[st->cursor].status != STEP_STATUS_FAILED ||
+      any_step_in(st, STEP_STATUS_SCHEDULED))
     return SK_ESTATE;
   char *err;
   int rc = get_object(p, "error", &err);
@@ -536,7 +696,7 @@ static int replay_resume(saga_state *st, const saga_event *ev, const cJSON *p) {
       i = (int)k;
   }
   if (st->status != SAGA_STATUS_PAUSED || i < 0 || st->cursor < i ||
-      (ev->step >= 0 && ev->step != i))
+      st->steps[i].parent >= 0 || (ev->step >= 0 && ev->step != i))
     return SK_ESTATE;
   char *input;
   int rc = get_raw(p, "step_input", false, &input);
@@ -622,6 +782,10 @@ static int dispatch(saga_state *st, const saga_event *ev, const cJSON *p) {
     return ev_replayed(st, ev, p);
   case SAGA_EV_REPLAY_LINKED:
     return link_new_run(st, p, "replayed_by");
+  case SAGA_EV_FALLBACK_SCHEDULED:
+    return ev_fallback_scheduled(st, ev, p);
+  case SAGA_EV_FALLBACK_FAILED:
+    return ev_fallback_failed(st, ev, p);
   case SAGA_EV__COUNT:
     break;
   }

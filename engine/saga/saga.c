@@ -100,7 +100,9 @@ bool saga_status_settled(saga_status s) {
 }
 
 const char *task_kind_name(task_kind k) {
-  return k == TASK_KIND_COMP ? "comp" : "fwd";
+  return k == TASK_KIND_COMP       ? "comp"
+         : k == TASK_KIND_FALLBACK ? "fallback"
+                                   : "fwd";
 }
 
 /* ---- init / clear -----------------------------------------------------------
@@ -124,10 +126,7 @@ void saga_task_clear(saga_task *t) {
   memset(t, 0, sizeof(*t));
 }
 
-void saga_decision_init(saga_decision *d) {
-  memset(d, 0, sizeof(*d));
-  d->cancel_step = -1;
-}
+void saga_decision_init(saga_decision *d) { memset(d, 0, sizeof(*d)); }
 
 void saga_decision_clear(saga_decision *d) {
   if (d == NULL)
@@ -138,6 +137,7 @@ void saga_decision_clear(saga_decision *d) {
     saga_task_clear(&d->tasks[i]);
   free(d->events);
   free(d->tasks);
+  free(d->cancel_steps);
   saga_decision_init(d);
 }
 
@@ -171,6 +171,60 @@ void saga_state_clear(saga_state *st) {
   free(st->replay_of);
   free(st->replayed_by);
   saga_state_init(st);
+}
+
+static int dup_str(char **dst, const char *src) {
+  *dst = NULL;
+  if (src == NULL)
+    return SK_OK;
+  *dst = strdup(src);
+  return *dst != NULL ? SK_OK : SK_ENOMEM;
+}
+
+int saga_state_copy(saga_state *dst, const saga_state *src) {
+  *dst = *src;
+  dst->steps = NULL;
+  dst->n_steps = 0;
+  int rc = SK_OK;
+  char *w, *k, *in, *er, *out, *ro, *rb;
+  rc |= dup_str(&w, src->workflow);
+  rc |= dup_str(&k, src->idempotency_key);
+  rc |= dup_str(&in, src->input);
+  rc |= dup_str(&er, src->error);
+  rc |= dup_str(&out, src->output);
+  rc |= dup_str(&ro, src->replay_of);
+  rc |= dup_str(&rb, src->replayed_by);
+  dst->workflow = w;
+  dst->idempotency_key = k;
+  dst->input = in;
+  dst->error = er;
+  dst->output = out;
+  dst->replay_of = ro;
+  dst->replayed_by = rb;
+  if (rc == SK_OK && src->n_steps > 0) {
+    dst->steps = calloc(src->n_steps, sizeof(*dst->steps));
+    if (dst->steps == NULL)
+      rc = SK_ENOMEM;
+    else
+      dst->n_steps = src->n_steps;
+  }
+  for (size_t i = 0; rc == SK_OK && i < dst->n_steps; i++) {
+    const saga_step_state *a = &src->steps[i];
+    saga_step_state *b = &dst->steps[i];
+    *b = *a;
+    int r2 = dup_str(&b->name, a->name);
+    r2 |= dup_str(&b->output, a->output);
+    r2 |= dup_str(&b->error, a->error);
+    r2 |= dup_str(&b->comp_error, a->comp_error);
+    r2 |= dup_str(&b->input_override, a->input_override);
+    if (r2 != SK_OK)
+      rc = SK_ENOMEM;
+  }
+  if (rc != SK_OK) {
+    saga_state_clear(dst);
+    return SK_ENOMEM;
+  }
+  return SK_OK;
 }
 
 /* ---- rng

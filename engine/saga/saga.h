@@ -12,6 +12,27 @@
  * Event sequence numbers: a decision's events are numbered st->last_seq + 1,
  * + 2, ... in order. saga_apply() evolves a state through a decision.
  *
+ * Step indexes (flattening). A definition's steps form a tree: a parallel
+ * group holds branches, each a list of steps (which may hold groups). The
+ * saga numbers every step of the tree, depth first in declaration order:
+ * a group comes first, then branch 0's steps (each followed by its own
+ * subtree), then branch 1's, ... then the step after the group. Example:
+ *   steps [a, p{[x, y], [z]}, b]  ->  0 a, 1 p, 2 x, 3 y, 4 z, 5 b
+ * with parent (flat index of the enclosing group, -1 at top level) and
+ * branch (index of the branch in that group, -1 at top level):
+ *   parent [-1, -1, 1, 1, 1, -1], branch [-1, -1, 0, 0, 1, -1].
+ * Every step index in events, tasks, results and saga_state.steps is such a
+ * flat index; names are unique workflow-wide, so ${steps.NAME.output} may
+ * name nested steps. A group is a step entry of its own: scheduled when it
+ * is reached (its first branch steps are scheduled in the same decision),
+ * completed when all its branches are, failed when a step under it failed
+ * for good (or a cancel stopped it) and nothing under it is in flight.
+ *
+ * Completion order: every step records finished_seq, the seq of the event
+ * that ended its forward run (StepCompleted, or a final StepFailed).
+ * Compensation runs newest first by finished_seq (for a sequential saga
+ * that is the reverse step order).
+ *
  * Thread: any; nothing here is shared.
  */
 #ifndef SKALD_SAGA_SAGA_H
@@ -61,17 +82,33 @@ typedef enum step_status {
 
 /* Payloads (JSON objects) per type:
  *  SagaStarted            {"id","workflow","version","input",
- *                          "steps":[names],"deadline_ms"(0=none),
+ *                          "steps":[names, flat order],"deadline_ms"(0=none),
  *                          "idempotency_key"(or null),"replay_of"(or null)}
+ *                          plus, only when the workflow has a parallel
+ *                          group, "parents":[int] and "branches":[int]
+ *                          (same length as steps; absent = all -1): the
+ *                          tree, so a fold needs no definition.
  *                          ("id" sets st->id; without it st->id is kept)
- *  StepScheduled          step, attempt; {"available_at_ms"}
+ *  StepScheduled          step, attempt; {"available_at_ms"} (a group:
+ *                          attempt 1, followed by its branches' first steps)
  *  StepCompleted          step, attempt; {"output","by_fallback":bool}
+ *                          by_fallback: the step's fallback succeeded;
+ *                          attempt is then the fallback's attempt. A group
+ *                          completes with attempt 1 and output null.
  *  StepFailed             step, attempt; {"error":{type,message,retryable},
  *                          "final":bool}  final = the step failed for good;
  *                          attempt 0 = failed before it was ever scheduled
- *                          (TemplateError, SagaTimeout)
+ *                          (TemplateError, SagaTimeout). A non-final one
+ *                          before FallbackScheduled records the forward
+ *                          error that sends the step to its fallback; a
+ *                          final one after FallbackFailed{final} carries
+ *                          the forward attempt count and the fallback error.
+ *  FallbackScheduled      step, attempt 1; {"available_at_ms"} the step's
+ *                          fallback is queued (task kind fallback)
+ *  FallbackFailed         step, attempt; {"error":{...},"final":bool}
  *  RetryScheduled         step, attempt (the next one);
- *                          {"kind":"fwd"|"comp","available_at_ms","delay_ms"}
+ *                          {"kind":"fwd"|"comp"|"fallback","available_at_ms",
+ *                          "delay_ms"}
  *  CompensationStarted    step -1; {"reason": error object} the saga turns
  *                          to undoing its completed steps
  *  CompensationScheduled  step, attempt; {"available_at_ms"}
@@ -106,7 +143,9 @@ typedef enum step_status {
   X(SAGA_CANCELLED, "SagaCancelled")                                           \
   X(CANCEL_REQUESTED, "CancelRequested")                                       \
   X(REPLAYED, "Replayed")                                                      \
-  X(REPLAY_LINKED, "ReplayLinked")
+  X(REPLAY_LINKED, "ReplayLinked")                                             \
+  X(FALLBACK_SCHEDULED, "FallbackScheduled")                                   \
+  X(FALLBACK_FAILED, "FallbackFailed")
 
 typedef enum saga_event_type {
 #define SAGA_EVENT_ENUM(name, str) SAGA_EV_##name,
@@ -126,7 +165,7 @@ bool saga_status_settled(saga_status s); /* not running/compensating */
 typedef struct saga_event {
   int64_t seq;
   saga_event_type type;
-  int step;          /* top-level step index, -1 if none */
+  int step;          /* flat step index (see top), -1 if none */
   int attempt;       /* 0 if none */
   char *node;        /* node that produced it, or NULL */
   char *payload;     /* JSON object text, never NULL once built */
@@ -140,14 +179,20 @@ void saga_event_clear(saga_event *ev);
 typedef struct saga_step_state {
   char *name;
   step_status status;
+  int parent;            /* flat index of the enclosing group, -1 if none */
+  int branch;            /* branch index in that group, -1 if none */
   int attempts;          /* forward attempts scheduled so far */
   int comp_attempts;     /* compensation attempts scheduled so far */
+  int fb_attempts;       /* fallback attempts scheduled so far (> 0: the
+                            step runs its fallback now / ran it) */
   char *output;          /* JSON text of the forward output, or NULL */
-  char *error;           /* JSON of the last forward error, or NULL */
+  char *error;           /* JSON of the last forward (or fallback) error */
   char *comp_error;      /* JSON of the last compensation error, or NULL */
   bool by_fallback;      /* completed by its fallback */
   int64_t scheduled_ms;  /* first scheduling of the current phase */
   int64_t finished_ms;   /* forward completion/failure */
+  int64_t finished_seq;  /* seq of the event that ended the forward run
+                            (StepCompleted / final StepFailed), 0 if none */
   int64_t available_at_ms; /* when the queued attempt may run */
   char *input_override;  /* JSON input set by a resume replay (step_input)
                             for this step's forward attempts, or NULL */
@@ -166,8 +211,10 @@ typedef struct saga_state {
   char *idempotency_key;   /* or NULL */
   saga_status status;
   saga_phase phase;
-  int cursor;              /* forward: current step; compensating: the step
-                              being compensated; done: -1 */
+  int cursor;              /* forward: the step last scheduled or failed
+                              (several may be in flight inside parallel
+                              groups); compensating: the step being
+                              compensated; done: -1 */
   saga_step_state *steps;
   size_t n_steps;
   char *input;             /* JSON text */
@@ -196,22 +243,27 @@ int saga_fold(const saga_event *events, size_t n, saga_state *out);
  * form stored in sagas.state; equal states give byte-equal text. */
 int saga_state_to_json(const saga_state *st, char **out);
 int saga_state_from_json(const char *json, saga_state *out);
+/* Deep copy of src into dst (dst is overwritten, not cleared first).
+ * SK_ENOMEM leaves dst cleared. */
+int saga_state_copy(saga_state *dst, const saga_state *src);
 
 /* ---- decisions ----------------------------------------------------------- */
 
 typedef enum task_kind {
   TASK_KIND_FWD = 0,
-  TASK_KIND_COMP = 1
+  TASK_KIND_COMP = 1,
+  TASK_KIND_FALLBACK = 2 /* a step's fallback action */
 } task_kind;
 
-const char *task_kind_name(task_kind k); /* "fwd" / "comp" */
+const char *task_kind_name(task_kind k); /* "fwd" / "comp" / "fallback" */
 
 /* A task to put in the ready queue (one row of `tasks`). */
 typedef struct saga_task {
   int step;
   task_kind kind;
   int attempt;
-  def_kind action;         /* TASK, SLEEP or HTTP */
+  def_kind action;         /* TASK, SLEEP or HTTP (never PARALLEL: a group
+                              has no task of its own) */
   char *task_type;         /* handler type for TASK, "" otherwise */
   char *input;             /* rendered JSON input */
   char *bulkhead;
@@ -228,10 +280,13 @@ typedef struct saga_decision {
   size_t n_events;
   saga_task *tasks;        /* to insert */
   size_t n_tasks;
-  /* The queued forward task of this step (kind fwd) must be told to stop:
-   * set tasks.cancel_requested and, if it is not leased, make it due now.
-   * -1 if none. */
-  int cancel_step;
+  /* The queued forward tasks (kind fwd) of these steps must be told to
+   * stop: set tasks.cancel_requested and, if not leased, make them due now
+   * (a cancel, or a failure in a parallel branch stopping its siblings).
+   * saga_decide_breaker_open lists the step whose waiting forward task the
+   * caller must delete. Ascending, no duplicates; NULL when none. */
+  int *cancel_steps;
+  size_t n_cancel_steps;
 } saga_decision;
 
 void saga_decision_init(saga_decision *d);
@@ -278,9 +333,9 @@ int saga_decide_result(const def_workflow *wf, const saga_state *st,
                        const saga_result *r, const char *node, int64_t now_ms,
                        saga_rng *rng, saga_decision *out);
 
-/* Cancel request. SK_ESTATE if the saga is settled. Running: a forward step
- * in flight is told to stop (cancel_step) and the saga compensates once its
- * result arrives; a paused saga compensates at once. */
+/* Cancel request. SK_ESTATE if the saga is settled. Running: the forward
+ * steps in flight are told to stop (cancel_steps) and the saga compensates
+ * once their results arrive; a paused saga compensates at once. */
 int saga_decide_cancel(const def_workflow *wf, const saga_state *st,
                        const char *reason, const char *node, int64_t now_ms,
                        saga_rng *rng, saga_decision *out);
@@ -299,6 +354,21 @@ int saga_decide_replay(const def_workflow *wf, const saga_state *st,
                        const saga_replay *req, const char *node,
                        int64_t now_ms, saga_rng *rng, saga_decision *out);
 
+/* The circuit breaker of `step`'s forward task is open. For a step whose
+ * forward attempt is queued and not leased (the caller knows that; here:
+ * in flight, not yet in its fallback) and whose fallback has
+ * on_breaker_open, records that attempt as failed with
+ * {"type":"BreakerOpen","retryable":false} (StepFailed, final false) and
+ * schedules the fallback at once (FallbackScheduled + a fallback task).
+ * The decision's cancel_steps names the step: the caller must delete (or
+ * cancel) the waiting forward task in the same transaction; a late result
+ * of it is stale. SK_ESTATE when the step is not in that state, the saga
+ * is not running forward, a cancel was requested or a parallel sibling
+ * failed; SK_EINVAL when the step has no such fallback. */
+int saga_decide_breaker_open(const def_workflow *wf, const saga_state *st,
+                             int step, const char *node, int64_t now_ms,
+                             saga_rng *rng, saga_decision *out);
+
 /* A ReplayLinked event on an old saga replayed as new run `new_id`. */
 int saga_decide_link(const saga_state *st, const char *new_id,
                      const char *node, int64_t now_ms, saga_decision *out);
@@ -306,8 +376,9 @@ int saga_decide_link(const saga_state *st, const char *new_id,
 /* Applies every event of d to st (numbering must already match). */
 int saga_apply(saga_state *st, const saga_decision *d);
 
-/* The idempotency key of a step's task: "<saga_id>:<step name>:fwd|comp".
- * buf must hold SK_ID_LEN + SK_NAME_MAX + 8 bytes. */
+/* The idempotency key of a step's task:
+ * "<saga_id>:<step name>:fwd|comp|fallback".
+ * buf must hold SK_ID_LEN + SK_NAME_MAX + 12 bytes. */
 void saga_idempotency_key(const char *saga_id, const char *step_name,
                           task_kind kind, char *buf, size_t len);
 

@@ -11,9 +11,12 @@
  *   {"id","workflow","version","idempotency_key","status","phase","cursor",
  *    "input","error","output","created_ms","updated_ms","deadline_ms",
  *    "last_seq","cancel_requested","replay_of","replayed_by",
- *    "steps":[{"name","status","attempts","comp_attempts","output","error",
- *              "comp_error","input_override","by_fallback","scheduled_ms",
- *              "finished_ms","available_at_ms"}]}
+ *    "steps":[{"name","status","parent","branch","attempts",
+ *              "comp_attempts","fb_attempts","output","error","comp_error",
+ *              "input_override","by_fallback","scheduled_ms","finished_ms",
+ *              "finished_seq","available_at_ms"}]}
+ *
+ * Reading, a step without "parent"/"branch" is a top-level one (-1).
  *
  * Thread: any.
  */
@@ -72,8 +75,11 @@ static void put_step(buf *b, const saga_step_state *s) {
   put_key(b, "name", true);
   buf_json_str(b, s->name != NULL ? s->name : "");
   put_str(b, "status", step_status_name(s->status));
+  put_i64(b, "parent", s->parent);
+  put_i64(b, "branch", s->branch);
   put_i64(b, "attempts", s->attempts);
   put_i64(b, "comp_attempts", s->comp_attempts);
+  put_i64(b, "fb_attempts", s->fb_attempts);
   put_raw(b, "output", s->output);
   put_raw(b, "error", s->error);
   put_raw(b, "comp_error", s->comp_error);
@@ -81,6 +87,7 @@ static void put_step(buf *b, const saga_step_state *s) {
   put_bool(b, "by_fallback", s->by_fallback);
   put_i64(b, "scheduled_ms", s->scheduled_ms);
   put_i64(b, "finished_ms", s->finished_ms);
+  put_i64(b, "finished_seq", s->finished_seq);
   put_i64(b, "available_at_ms", s->available_at_ms);
   buf_putc(b, '}');
 }
@@ -191,10 +198,15 @@ static int rd_step(const cJSON *o, saga_step_state *s) {
   int rc;
   if (!cJSON_IsObject(o))
     return SK_EJSON;
+  s->parent = -1;
+  s->branch = -1;
   if ((rc = rd_str(o, "name", &s->name)) != SK_OK ||
       (rc = rd_step_status(o, &s->status)) != SK_OK ||
+      (rc = rd_int(o, "parent", &s->parent)) != SK_OK ||
+      (rc = rd_int(o, "branch", &s->branch)) != SK_OK ||
       (rc = rd_int(o, "attempts", &s->attempts)) != SK_OK ||
       (rc = rd_int(o, "comp_attempts", &s->comp_attempts)) != SK_OK ||
+      (rc = rd_int(o, "fb_attempts", &s->fb_attempts)) != SK_OK ||
       (rc = rd_raw(o, "output", &s->output)) != SK_OK ||
       (rc = rd_raw(o, "error", &s->error)) != SK_OK ||
       (rc = rd_raw(o, "comp_error", &s->comp_error)) != SK_OK ||
@@ -202,6 +214,7 @@ static int rd_step(const cJSON *o, saga_step_state *s) {
       (rc = rd_bool(o, "by_fallback", &s->by_fallback)) != SK_OK ||
       (rc = rd_i64(o, "scheduled_ms", &s->scheduled_ms)) != SK_OK ||
       (rc = rd_i64(o, "finished_ms", &s->finished_ms)) != SK_OK ||
+      (rc = rd_i64(o, "finished_seq", &s->finished_seq)) != SK_OK ||
       (rc = rd_i64(o, "available_at_ms", &s->available_at_ms)) != SK_OK)
     return rc;
   return s->name != NULL ? SK_OK : SK_EJSON;

@@ -29,7 +29,7 @@ static PGresult *query(PGconn *c, const char *sql, int n, const char **p,
 }
 
 int queries_register_def(PGconn *c, const char *name, int version,
-                         const char *spec_json, sk_error *err) {
+                         const char *spec_json, bool *created, sk_error *err) {
   char ver[16];
   snprintf(ver, sizeof(ver), "%d", version);
   const char *p[3] = {name, ver, spec_json};
@@ -49,6 +49,8 @@ int queries_register_def(PGconn *c, const char *name, int version,
   bool inserted = strcmp(PQgetvalue(r, 0, 0), "1") == 0;
   bool same = PQgetvalue(r, 0, 1)[0] == 't';
   PQclear(r);
+  if (created != NULL)
+    *created = inserted;
   if (inserted || same)
     return SK_OK;
   return sk_error_set(err, SK_ECONFLICT,
@@ -271,4 +273,115 @@ int queries_node_heartbeat(PGconn *c, const char *node,
     rc = db_fail(c, r, "could not record node heartbeat", err);
   PQclear(r);
   return rc;
+}
+
+/* Runs a query returning one text value (JSON) into *json. */
+static int query_json(PGconn *c, const char *sql, int n, const char **p,
+                      const char *what, char **json, sk_error *err) {
+  int rc;
+  PGresult *r = query(c, sql, n, p, what, &rc, err);
+  if (r == NULL)
+    return rc;
+  if (PQntuples(r) == 0 || PQgetisnull(r, 0, 0)) {
+    PQclear(r);
+    return SK_ENOENT;
+  }
+  *json = strdup(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return *json != NULL ? SK_OK : sk_error_set(err, SK_ENOMEM, NULL);
+}
+
+int queries_list_workflows(PGconn *c, char **json, sk_error *err) {
+  return query_json(
+      c,
+      "SELECT coalesce(json_agg(json_build_object('name', name, 'versions', "
+      "  versions) ORDER BY name), '[]')::text FROM ("
+      "  SELECT name, array_agg(version ORDER BY version) AS versions "
+      "  FROM workflow_defs GROUP BY name) w",
+      0, NULL, "could not list workflows", json, err);
+}
+
+int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err) {
+  const char *p[1] = {id};
+  int rc = query_json(
+      c,
+      "SELECT (s.state || jsonb_build_object('created_at', s.created_at, "
+      "  'updated_at', s.updated_at, 'tasks', coalesce((SELECT jsonb_agg("
+      "  jsonb_build_object('step', t.step, 'step_name', t.step_name, "
+      "  'kind', CASE t.kind WHEN 0 THEN 'fwd' WHEN 1 THEN 'comp' "
+      "  ELSE 'fallback' END, 'attempt', t.attempt, "
+      "  'available_at', t.available_at, 'lease_owner', t.lease_owner, "
+      "  'leased', t.lease_owner IS NOT NULL AND t.available_at > now(), "
+      "  'deliveries', t.deliveries, 'cancel_requested', t.cancel_requested) "
+      "  ORDER BY t.step, t.kind) FROM tasks t WHERE t.saga_id = s.id), "
+      "  '[]'::jsonb)))::text FROM sagas s WHERE s.id = $1",
+      1, p, "could not read saga", json, err);
+  if (rc == SK_ENOENT)
+    return sk_error_set(err, SK_ENOENT, "saga %s does not exist", id);
+  return rc;
+}
+
+int queries_list_sagas(PGconn *c, const char *status, const char *workflow,
+                       int limit, const char *cursor, char **json,
+                       sk_error *err) {
+  char lim[16];
+  snprintf(lim, sizeof(lim), "%d", limit);
+  const char *p[4] = {status, workflow, lim, cursor};
+  return query_json(
+      c,
+      "WITH page AS (SELECT id, workflow, version, status, created_at, "
+      "  updated_at FROM sagas WHERE ($1::text IS NULL OR status = $1) "
+      "  AND ($2::text IS NULL OR workflow = $2) "
+      "  AND ($4::uuid IS NULL OR id < $4::uuid) "
+      "  ORDER BY id DESC LIMIT $3::int + 1), "
+      "numbered AS (SELECT *, row_number() OVER (ORDER BY id DESC) AS n "
+      "  FROM page) "
+      "SELECT json_build_object('sagas', coalesce((SELECT json_agg("
+      "  json_build_object('id', id, 'workflow', workflow, 'version', version, "
+      "  'status', status, 'created_at', created_at, 'updated_at', updated_at) "
+      "  ORDER BY id DESC) FROM numbered WHERE n <= $3::int), '[]'), "
+      "  'next_cursor', (SELECT id FROM numbered WHERE n = $3::int "
+      "  AND EXISTS (SELECT 1 FROM numbered WHERE n > $3::int)))::text",
+      4, p, "could not list sagas", json, err);
+}
+
+int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
+                     int limit, char (**ids)[37], size_t *n, sk_error *err) {
+  *ids = NULL;
+  *n = 0;
+  char lim[16];
+  snprintf(lim, sizeof(lim), "%d", limit);
+  const char *p[3] = {status, workflow, lim};
+  int rc;
+  PGresult *r = query(c,
+                      "SELECT id::text FROM sagas WHERE status = $1 "
+                      "AND ($2::text IS NULL OR workflow = $2) "
+                      "ORDER BY id LIMIT $3::int",
+                      3, p, "could not select sagas", &rc, err);
+  if (r == NULL)
+    return rc;
+  int rows = PQntuples(r);
+  if (rows > 0) {
+    *ids = calloc((size_t)rows, 37);
+    if (*ids == NULL) {
+      PQclear(r);
+      return sk_error_set(err, SK_ENOMEM, NULL);
+    }
+  }
+  for (int i = 0; i < rows; i++)
+    snprintf((*ids)[i], 37, "%s", PQgetvalue(r, i, 0));
+  *n = (size_t)rows;
+  PQclear(r);
+  return SK_OK;
+}
+
+int queries_list_nodes(PGconn *c, char **json, sk_error *err) {
+  return query_json(
+      c,
+      "SELECT coalesce(json_agg(json_build_object('name', name, "
+      "  'started_at', started_at, 'heartbeat_at', heartbeat_at, "
+      "  'heartbeat_age_ms', (extract(epoch FROM now() - heartbeat_at) "
+      "  * 1000)::bigint, 'capacity', capacity, 'info', info) ORDER BY name), "
+      "  '[]')::text FROM nodes",
+      0, NULL, "could not list nodes", json, err);
 }

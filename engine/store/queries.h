@@ -17,10 +17,11 @@
 #include "saga/saga.h"
 #include "spec/def.h"
 
-/* Stores a definition (canonical spec JSON). The same spec again is fine;
- * a different one for an existing (name, version) → SK_ECONFLICT. */
+/* Stores a definition (canonical spec JSON). The same spec again is fine
+ * (*created = false); a different one for an existing (name, version) →
+ * SK_ECONFLICT. created may be NULL. */
 int queries_register_def(PGconn *c, const char *name, int version,
-                         const char *spec_json, sk_error *err);
+                         const char *spec_json, bool *created, sk_error *err);
 
 /* The stored spec JSON of (name, version); version 0 = the latest.
  * *version_out (may be NULL) gets the version found. SK_ENOENT if none. */
@@ -51,6 +52,30 @@ typedef struct verify_report {
  * matter). id = NULL checks every saga. */
 int queries_verify(PGconn *c, const char *id, verify_report *rep,
                    sk_error *err);
+
+/* Workflows with their versions: [{"name", "versions": [1, 2]}, ...]. */
+int queries_list_workflows(PGconn *c, char **json, sk_error *err);
+
+/* The saga view: its projection plus "tasks" (queued or running work with
+ * lease owner, attempt, available_at). SK_ENOENT if none. */
+int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err);
+
+/* Sagas newest first, optionally filtered by status and workflow, after
+ * `cursor` (the last id of the previous page, or NULL). *json is
+ * {"sagas": [{id, workflow, version, status, created_at, updated_at}],
+ *  "next_cursor": id or null}. limit 1..1000. */
+int queries_list_sagas(PGconn *c, const char *status, const char *workflow,
+                       int limit, const char *cursor, char **json,
+                       sk_error *err);
+
+/* Ids of sagas in `status` (optionally of `workflow`), oldest first, at
+ * most limit; *ids is a malloc'd array of SK_ID_LEN strings. */
+int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
+                     int limit, char (**ids)[37], size_t *n, sk_error *err);
+
+/* Nodes with their heartbeat age: [{"name","started_at","heartbeat_at",
+ * "heartbeat_age_ms","capacity","info"}]. */
+int queries_list_nodes(PGconn *c, char **json, sk_error *err);
 
 /* Upserts this node's row with a fresh heartbeat. */
 int queries_node_heartbeat(PGconn *c, const char *node,

@@ -462,9 +462,9 @@ static int take_decision(attempt *a, touched *t, const store_env *env,
     return rc;
   for (size_t i = 0; i < d->n_tasks; i++)
     add_task(&a->w, env, &t->st, &d->tasks[i]);
-  if (d->cancel_step >= 0) {
+  for (size_t i = 0; i < d->n_cancel_steps; i++) {
     pgarr_add_str(&a->w.cx_saga, t->id);
-    pgarr_add_i64(&a->w.cx_step, d->cancel_step);
+    pgarr_add_i64(&a->w.cx_step, d->cancel_steps[i]);
     a->w.n_cancels++;
   }
   t->dirty = true;

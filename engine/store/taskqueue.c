@@ -16,6 +16,9 @@
 
 #include "store/db.h"
 
+static int read_leased(PGconn *c, PGresult *r, leased_task **out,
+                       size_t *n_out, sk_error *err);
+
 /* Lanes travel as parallel arrays; a lane's types are a comma-joined,
  * array-literal string so that one statement serves every lane. */
 typedef struct lane_params {
@@ -92,6 +95,13 @@ int taskqueue_dequeue(PGconn *c, const char *node, int lease_ttl_ms,
       "RETURNING " SAGASTORE_TASK_COLUMNS,
       6, NULL, params, NULL, NULL, 0);
   free_lanes(&lp);
+  return read_leased(c, r, out, n_out, err);
+}
+
+/* Reads the leased rows of r (clearing it) into a new array. */
+static int read_leased(PGconn *c, PGresult *r, leased_task **out,
+                       size_t *n_out, sk_error *err) {
+  int rc = SK_OK;
   if (PQresultStatus(r) != PGRES_TUPLES_OK) {
     rc = db_fail(c, r, "could not lease tasks", err);
     PQclear(r);
@@ -114,6 +124,43 @@ int taskqueue_dequeue(PGconn *c, const char *node, int lease_ttl_ms,
   PQclear(r);
   /* Rows leased but not read (OOM) expire like a crashed node's. */
   return rc == SK_OK ? SK_OK : sk_error_set(err, rc, NULL);
+}
+
+int taskqueue_dequeue_any(PGconn *c, const char *node, int lease_ttl_ms,
+                          const char *const *types, size_t n_types, int limit,
+                          leased_task **out, size_t *n_out, sk_error *err) {
+  *out = NULL;
+  *n_out = 0;
+  if (n_types == 0 || limit <= 0)
+    return SK_OK;
+  pgarr t;
+  pgarr_init(&t);
+  for (size_t i = 0; i < n_types; i++)
+    pgarr_add_str(&t, types[i]);
+  char ttl[32], lim[16];
+  snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
+  snprintf(lim, sizeof(lim), "%d", limit);
+  const char *params[4] = {pgarr_get(&t), lim, node, ttl};
+  if (params[0] == NULL) {
+    pgarr_free(&t);
+    return sk_error_set(err, SK_ENOMEM, NULL);
+  }
+  PGresult *r = PQexecParams(
+      c,
+      "WITH picked AS (SELECT saga_id, step, kind FROM tasks "
+      "  WHERE action = 'task' AND task_type = ANY($1::text[]) "
+      "  AND available_at <= now() ORDER BY available_at LIMIT $2::int "
+      "  FOR UPDATE SKIP LOCKED) "
+      "UPDATE tasks t SET lease_owner = $3, "
+      "  lease_token = nextval('lease_token_seq'), leased_at = now(), "
+      "  available_at = now() + make_interval(secs => $4::int / 1000.0), "
+      "  deliveries = t.deliveries + 1 "
+      "FROM picked WHERE t.saga_id = picked.saga_id AND t.step = picked.step "
+      "  AND t.kind = picked.kind "
+      "RETURNING " SAGASTORE_TASK_COLUMNS,
+      4, NULL, params, NULL, NULL, 0);
+  pgarr_free(&t);
+  return read_leased(c, r, out, n_out, err);
 }
 
 static int lease_arrays(const store_lease *l, size_t n, pgarr a[4]) {

@@ -36,6 +36,12 @@ int taskqueue_dequeue(PGconn *conn, const char *node, int lease_ttl_ms,
                       const dequeue_lane *lanes, size_t n_lanes,
                       leased_task **out, size_t *n_out, sk_error *err);
 
+/* Leases up to `limit` due tasks of the given types in any bulkhead for a
+ * remote worker (`node` is its worker id). Same ownership as above. */
+int taskqueue_dequeue_any(PGconn *conn, const char *node, int lease_ttl_ms,
+                          const char *const *types, size_t n_types, int limit,
+                          leased_task **out, size_t *n_out, sk_error *err);
+
 /* Extends the leases still held (token matches) by lease_ttl_ms. For each
  * lease, lost[i] is set when it is no longer held and cancel[i] when the
  * task was asked to stop. Errors: SK_EDB, SK_ENOMEM. */

@@ -16,6 +16,7 @@
 
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/json.h"
 #include "common/uuid.h"
 #include "core/engine.h"
 #include "store/queries.h"
@@ -38,7 +39,7 @@ static int normalise_input(const char *input, char **out, sk_error *err) {
   if (len > SK_PAYLOAD_MAX)
     return sk_error_set(err, SK_ETOOBIG, "input is %zu bytes; the limit is %d",
                         len, SK_PAYLOAD_MAX);
-  cJSON *doc = cJSON_ParseWithLength(input, len);
+  cJSON *doc = json_parse_exact(input, len);
   if (doc == NULL)
     return sk_error_set(err, SK_EJSON, "input is not valid JSON");
   if (!cJSON_IsObject(doc)) {
@@ -139,7 +140,7 @@ static int optional_json(const char *text, bool object, const char *what,
   if (len > SK_PAYLOAD_MAX)
     return sk_error_set(err, SK_ETOOBIG, "%s exceeds %d bytes", what,
                         SK_PAYLOAD_MAX);
-  cJSON *doc = cJSON_ParseWithLength(text, len);
+  cJSON *doc = json_parse_exact(text, len);
   if (doc == NULL)
     return sk_error_set(err, SK_EJSON, "%s is not valid JSON", what);
   *out = cJSON_PrintUnformatted(doc);

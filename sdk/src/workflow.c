@@ -10,10 +10,12 @@
  * Thread: the caller's; an sk_workflow is not shared while being built.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
+#include "common/json.h"
 #include "core/engine.h"
 #include "spec/problems.h"
 #include "spec/spec_json.h"
@@ -66,6 +68,8 @@ int sk_workflow_from_json(const char *spec_json, sk_workflow **out,
       *problems_json = def_problems_to_json(&p);
     if (def_problems_to_error(&p, err) == SK_OK)
       sk_error_set(err, rc, NULL);
+    if (err != NULL)
+      err->code = rc; /* the problems' message, the call's own code */
     def_problems_clear(&p);
     return rc;
   }
@@ -122,7 +126,8 @@ int sk_workflow_set_timeout(sk_workflow *wf, int64_t timeout_ms) {
 /* Converts an SDK retry policy, checking each field's range. */
 static int retry_from_sdk(const sk_retry *r, def_retry *out) {
   memset(out, 0, sizeof(*out));
-  if (r->max_attempts < 0 || r->initial_interval_ms < -1 ||
+  if (isnan(r->backoff_coefficient) || isnan(r->jitter) ||
+      isinf(r->backoff_coefficient) || r->max_attempts < 0 || r->initial_interval_ms < -1 ||
       (r->backoff_coefficient != 0 && r->backoff_coefficient < 1) ||
       r->max_interval_ms < -1 ||
       (r->jitter != -1 && (r->jitter < 0 || r->jitter > 1)) ||
@@ -251,7 +256,7 @@ static int json_copy(const char *text, char **out) {
   size_t len = strlen(text);
   if (len > SK_PAYLOAD_MAX)
     return SK_ETOOBIG;
-  cJSON *doc = cJSON_ParseWithLength(text, len);
+  cJSON *doc = json_parse_exact(text, len);
   if (doc == NULL)
     return SK_EJSON;
   *out = cJSON_PrintUnformatted(doc);
@@ -375,5 +380,5 @@ int sk_engine_register_workflow(sk_engine *e, const sk_workflow *wf,
                                 sk_error *err) {
   if (e == NULL || wf == NULL)
     return sk_error_set(err, SK_EINVAL, "engine and workflow must not be NULL");
-  return engine_register_def(e, wf->def, err);
+  return engine_register_def(e, wf->def, NULL, err);
 }

@@ -27,8 +27,8 @@
 static const char *jstr(const cJSON *o, const char *path);
 static const cJSON *jget(const cJSON *o, const char *path);
 
-static const char *const BAD_NAMES[] = {"", "Upper", "has space", "../x",
-                                        "tab\there", "x/y", "naïve"};
+static const char *const BAD_NAMES[] = {
+    "", "Upper", "has space", "../x", "tab\there", "x/y", "naïve"};
 static char name129[SK_NAME_MAX + 2];
 static char name128[SK_NAME_MAX + 1];
 
@@ -192,12 +192,17 @@ Test(sdk_api, workflow_new_rejects_bad_names_and_versions) {
     int version;
     int want;
   } cases[] = {
-      {NULL, 1, SK_EINVAL},        {"", 1, SK_EINVAL},
-      {"Upper", 1, SK_EINVAL},     {name129, 1, SK_EINVAL},
-      {"has space", 1, SK_EINVAL}, {"../x", 1, SK_EINVAL},
-      {"ok", 0, SK_EINVAL},        {"ok", -1, SK_EINVAL},
+      {NULL, 1, SK_EINVAL},
+      {"", 1, SK_EINVAL},
+      {"Upper", 1, SK_EINVAL},
+      {name129, 1, SK_EINVAL},
+      {"has space", 1, SK_EINVAL},
+      {"../x", 1, SK_EINVAL},
+      {"ok", 0, SK_EINVAL},
+      {"ok", -1, SK_EINVAL},
       {"ok", -2147483647 - 1, SK_EINVAL},
-      {name128, 1, SK_OK},         {"a.b-c_9", 2147483647, SK_OK},
+      {name128, 1, SK_OK},
+      {"a.b-c_9", 2147483647, SK_OK},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     sk_workflow *wf = (sk_workflow *)0x1;
@@ -342,9 +347,14 @@ Test(sdk_api, builder_refuses_bad_arguments_and_changes_nothing) {
 Test(sdk_api, builder_refuses_invalid_json_and_oversized_templates) {
   sk_workflow *wf = base_workflow();
   char *before = to_json(wf);
-  static const char *const bad_json[] = {
-      "", "{", "{\"a\":}", "{'a': 1}", "[1,]", "nul", "{\"a\": 1} trailing",
-      "{\"a\": \"unterminated}"};
+  static const char *const bad_json[] = {"",
+                                         "{",
+                                         "{\"a\":}",
+                                         "{'a': 1}",
+                                         "[1,]",
+                                         "nul",
+                                         "{\"a\": 1} trailing",
+                                         "{\"a\": \"unterminated}"};
   for (size_t i = 0; i < sizeof(bad_json) / sizeof(bad_json[0]); i++) {
     int rc = sk_workflow_step_input(wf, "a", bad_json[i]);
     cr_expect_eq(rc, SK_EJSON, "step_input(%s): got %s", bad_json[i],
@@ -479,9 +489,9 @@ Test(sdk_api, from_json_reports_every_kind_of_problem) {
 
   /* Several problems: all listed, the first in err with its path. */
   memset(&err, 0, sizeof(err));
-  const char *spec =
-      "{\"name\": \"Bad Name\", \"version\": 0, \"steps\": ["
-      "{\"name\": \"a\", \"task\": \"t.ok\", \"retry\": {\"max_attempts\": 0}}]}";
+  const char *spec = "{\"name\": \"Bad Name\", \"version\": 0, \"steps\": ["
+                     "{\"name\": \"a\", \"task\": \"t.ok\", \"retry\": "
+                     "{\"max_attempts\": 0}}]}";
   EXPECT_RC(sk_workflow_from_json(spec, &wf, &problems, &err), SK_EINVALSPEC);
   cr_expect_eq(err.code, SK_EINVALSPEC);
   cr_expect(strstr(err.message, "more problem") != NULL, "%s", err.message);
@@ -491,8 +501,8 @@ Test(sdk_api, from_json_reports_every_kind_of_problem) {
   cr_expect_geq(cJSON_GetArraySize(arr), 3, "%s", problems);
   /* err carries the first problem of the list. */
   cr_expect_str_eq(err.path, jstr(arr, "0.path"));
-  cr_expect(strstr(err.message, jstr(arr, "0.message")) == err.message,
-            "%s", err.message);
+  cr_expect(strstr(err.message, jstr(arr, "0.message")) == err.message, "%s",
+            err.message);
   cr_expect(strstr(problems, "\"/name\"") != NULL, "%s", problems);
   cr_expect(strstr(problems, "\"/version\"") != NULL, "%s", problems);
   cr_expect(strstr(problems, "/steps/0/retry/max_attempts") != NULL, "%s",
@@ -643,8 +653,8 @@ static void expect_counts(const counts *want, const char *what) {
                want->tasks, now.tasks);
   cr_expect_eq(now.defs, want->defs, "%s: workflow_defs %lld -> %lld", what,
                want->defs, now.defs);
-  cr_expect_eq(now.keys, want->keys, "%s: saga_idempotency %lld -> %lld",
-               what, want->keys, now.keys);
+  cr_expect_eq(now.keys, want->keys, "%s: saga_idempotency %lld -> %lld", what,
+               want->keys, now.keys);
 }
 
 /* Registers a one-step workflow `name` v1 running `task_type`. */
@@ -721,7 +731,8 @@ static const cJSON *jget(const cJSON *o, const char *path) {
   return cur;
 }
 
-/* ---- engine options --------------------------------------------------------- */
+/* ---- engine options ---------------------------------------------------------
+ */
 
 typedef struct bad_opt {
   const char *what;
@@ -740,9 +751,7 @@ static void o_breaker_thr(sk_engine_options *o) {
 }
 static void o_breaker_ms(sk_engine_options *o) { o->breaker_open_ms = -1; }
 static void o_conc_zero(sk_engine_options *o) { o->default_concurrency = 0; }
-static void o_conc_high(sk_engine_options *o) {
-  o->default_concurrency = 4097;
-}
+static void o_conc_high(sk_engine_options *o) { o->default_concurrency = 4097; }
 static void o_node_empty(sk_engine_options *o) { o->node_name = ""; }
 static void o_node_long(sk_engine_options *o) { o->node_name = name129; }
 
@@ -797,7 +806,8 @@ Test(sdk_errors, engine_open_refuses_bad_options) {
             err.message);
 }
 
-/* ---- bulkheads and handlers ----------------------------------------------- */
+/* ---- bulkheads and handlers -----------------------------------------------
+ */
 
 Test(sdk_errors, bulkheads_and_handlers_refuse_bad_registrations) {
   for (size_t i = 0; i < sizeof(BAD_NAMES) / sizeof(BAD_NAMES[0]); i++) {
@@ -838,29 +848,39 @@ Test(sdk_errors, registration_after_start_is_refused) {
 /* skald.h: "Registration (handlers, bulkheads, workflows) must happen before
  * sk_engine_start()". A workflow registered late must be refused like a
  * late handler, and leave nothing in workflow_defs. */
-Test(sdk_errors, workflow_registration_after_start_is_refused) {
+/* Workflows may be registered while the engine runs (a new version is
+ * deployed without a restart); handlers and bulkheads may not. */
+Test(sdk_errors, registration_while_running) {
   cr_assert_eq(sk_engine_start(eng), SK_OK);
-  counts c0 = counts_now();
   sk_workflow *wf = NULL;
   cr_assert_eq(sk_workflow_new("late", 1, &wf), SK_OK);
   cr_assert_eq(sk_workflow_add_step(wf, "a", "t.ok"), SK_OK);
   sk_error err;
   memset(&err, 0, sizeof(err));
-  int rc = sk_engine_register_workflow(eng, wf, &err);
-  cr_expect_eq(rc, SK_ESTATE, "got %s", sk_err_name(rc));
-  if (rc != SK_OK)
-    expect_err(&err, SK_ESTATE, NULL, "register_workflow after start");
-  expect_counts(&c0, "register_workflow after start");
+  cr_assert_eq(sk_engine_register_workflow(eng, wf, &err), SK_OK, "%s",
+               err.message);
   sk_workflow_free(wf);
+  char id[SK_ID_LEN];
+  cr_assert_eq(sk_run_start(eng, "late", NULL, NULL, id, NULL, &err), SK_OK,
+               "%s", err.message);
+  sk_status st;
+  cr_assert_eq(sk_saga_wait(eng, id, 20000, &st), SK_OK);
+  cr_assert_eq(st, SK_STATUS_COMPLETED);
+
+  counts c0 = counts_now();
+  cr_expect_eq(sk_engine_register_task(eng, "t.late", h_ok, NULL),
+               SK_ESTATE);
+  cr_expect_eq(sk_engine_add_bulkhead(eng, "late", 2), SK_ESTATE);
+  expect_counts(&c0, "handler or bulkhead after start");
 }
 
-/* ---- registering workflows -------------------------------------------------- */
+/* ---- registering workflows --------------------------------------------------
+ */
 
 /* Registers wf expecting a refusal; checks code, message word, path and that
  * neither the database nor the engine's registry learnt the workflow. */
-static void expect_register_refused(sk_workflow *wf, const char *name,
-                                    int code, const char *word,
-                                    const char *path) {
+static void expect_register_refused(sk_workflow *wf, const char *name, int code,
+                                    const char *word, const char *path) {
   counts c0 = counts_now();
   sk_error err;
   memset(&err, 0, sizeof(err));
@@ -966,7 +986,7 @@ Test(sdk_errors, register_workflow_refuses_invalid_definitions) {
       "{\"name\": \"fb_step\", \"version\": 1, \"steps\": [{\"name\": \"a\","
       " \"task\": \"t.ok\", \"fallback\": {\"task\": \"t.ok\"}}]}"};
   static const char *const unsupported_names[] = {"http_step", "par_step",
-                                                   "fb_step"};
+                                                  "fb_step"};
   for (size_t i = 0; i < 3; i++) {
     memset(&err, 0, sizeof(err));
     int rc = sk_workflow_from_json(unsupported[i], &wf, NULL, &err);
@@ -974,6 +994,32 @@ Test(sdk_errors, register_workflow_refuses_invalid_definitions) {
     expect_register_refused(wf, unsupported_names[i], SK_ENOTSUP,
                             "not supported", "/steps/0");
   }
+}
+
+/* With allow_unknown_task_types, types other nodes run are accepted. */
+Test(sdk_errors, allow_unknown_task_types_accepts_foreign_types) {
+  sk_engine_options o;
+  sk_engine_options_init(&o);
+  o.database_url = ci;
+  o.log_level = 0;
+  o.node_name = "other-node";
+  o.allow_unknown_task_types = true;
+  sk_engine *other = NULL;
+  sk_error err;
+  memset(&err, 0, sizeof(err));
+  cr_assert_eq(sk_engine_open(&o, &other, &err), SK_OK, "%s", err.message);
+  sk_workflow *wf = wf_new("foreign");
+  cr_assert_eq(sk_workflow_add_step(wf, "a", "t.elsewhere"), SK_OK);
+  EXPECT_RC(sk_engine_register_workflow(other, wf, &err), SK_OK);
+  /* The same definition on this engine, which has no such handler. */
+  memset(&err, 0, sizeof(err));
+  EXPECT_RC(sk_engine_register_workflow(eng, wf, &err), SK_ENOHANDLER);
+  cr_expect_str_eq(err.path, "/steps/0/task");
+  sk_workflow_free(wf);
+  sk_engine_close(other);
+  cr_expect_eq(pgtest_scalar(ci, "SELECT count(*) FROM workflow_defs "
+                                 "WHERE name = 'foreign'"),
+               1);
 }
 
 Test(sdk_errors, register_same_name_and_version_conflicts_unless_equal) {
@@ -1019,7 +1065,8 @@ Test(sdk_errors, register_same_name_and_version_conflicts_unless_equal) {
   sk_workflow_free(wf);
 }
 
-/* ---- starting runs ------------------------------------------------------------ */
+/* ---- starting runs
+ * ------------------------------------------------------------ */
 
 Test(sdk_errors, run_start_refuses_bad_input_and_writes_nothing) {
   register_simple("shop", "t.ok");
@@ -1053,11 +1100,9 @@ Test(sdk_errors, run_start_refuses_bad_input_and_writes_nothing) {
       {"unknown version", "shop", NULL, 99, NULL, false, SK_ENOENT,
        "not registered"},
       {"version -1", "shop", NULL, -1, NULL, false, SK_EINVAL, "version"},
-      {"input not JSON", "shop", "{\"a\": ", 0, NULL, false, SK_EJSON,
-       "JSON"},
+      {"input not JSON", "shop", "{\"a\": ", 0, NULL, false, SK_EJSON, "JSON"},
       {"input empty text", "shop", "", 0, NULL, false, SK_EJSON, "JSON"},
-      {"input an array", "shop", "[1, 2]", 0, NULL, false, SK_EJSON,
-       "object"},
+      {"input an array", "shop", "[1, 2]", 0, NULL, false, SK_EJSON, "object"},
       {"input a number", "shop", "42", 0, NULL, false, SK_EJSON, "object"},
       {"input a string", "shop", "\"s\"", 0, NULL, false, SK_EJSON, "object"},
       {"input null", "shop", "null", 0, NULL, false, SK_EJSON, "object"},
@@ -1069,8 +1114,8 @@ Test(sdk_errors, run_start_refuses_bad_input_and_writes_nothing) {
        "idempotency key"},
       {"257-byte idempotency key", "shop", NULL, 0, key257, false, SK_EINVAL,
        "idempotency key"},
-      {"bad input and unknown workflow", "nope", "[", 0, NULL, false,
-       SK_EJSON, "JSON"},
+      {"bad input and unknown workflow", "nope", "[", 0, NULL, false, SK_EJSON,
+       "JSON"},
   };
   counts c0 = counts_now();
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1105,7 +1150,8 @@ Test(sdk_errors, run_start_refuses_bad_input_and_writes_nothing) {
   cr_expect_eq(counts_now().keys, c0.keys + 1);
 }
 
-/* ---- saga ids ----------------------------------------------------------------- */
+/* ---- saga ids
+ * ----------------------------------------------------------------- */
 
 Test(sdk_errors, saga_calls_refuse_bad_and_unknown_ids) {
   register_simple("ids", "t.ok");
@@ -1176,8 +1222,7 @@ Test(sdk_errors, cancel_of_a_finished_saga_is_refused) {
   start_ok("done", NULL, id);
   cr_assert_eq(wait_settled(id), SK_STATUS_COMPLETED);
   counts c0 = counts_now();
-  long long seq0 =
-      pgtest_scalar(ci, "SELECT max(last_seq) FROM sagas");
+  long long seq0 = pgtest_scalar(ci, "SELECT max(last_seq) FROM sagas");
   for (int i = 0; i < 2; i++) {
     sk_error err;
     memset(&err, 0, sizeof(err));
@@ -1203,7 +1248,8 @@ Test(sdk_errors, wait_times_out_without_changing_anything) {
   EXPECT_RC(sk_saga_wait(eng, id, 0, &st), SK_ETIMEDOUT);
 }
 
-/* ---- bad handler output ---------------------------------------------------------- */
+/* ---- bad handler output
+ * ---------------------------------------------------------- */
 
 /* The saga of a one-step workflow running task_type ends compensated with
  * the step failed for good by `type` after one attempt, never completed. */

@@ -26,7 +26,8 @@
 #define WAIT_MS 20000
 #define MAX_CALLS 128
 
-/* ---- time ------------------------------------------------------------------ */
+/* ---- time ------------------------------------------------------------------
+ */
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -45,7 +46,8 @@ static void nap(int ms) {
   nanosleep(&ts, NULL);
 }
 
-/* ---- what handlers saw -------------------------------------------------------- */
+/* ---- what handlers saw
+ * -------------------------------------------------------- */
 
 typedef struct call {
   char saga[SK_ID_LEN];
@@ -130,17 +132,18 @@ static bool wait_calls(const char *step, int comp, int n, int ms) {
   return true;
 }
 
-/* ---- a scripted handler -------------------------------------------------------- */
+/* ---- a scripted handler
+ * -------------------------------------------------------- */
 
 typedef struct behave {
-  int fail_attempts;      /* attempts 1..n fail */
+  int fail_attempts; /* attempts 1..n fail */
   bool always_fail;
-  const char *fail_type;  /* default "Transient" */
-  bool fatal;             /* failures are retryable=false */
-  int sleep_ms;           /* how long an attempt works */
-  int sleep_attempts;     /* only attempts ≤ this work that long; 0 = all */
-  bool until_cancel;      /* stop working once sk_task_cancelled() */
-  const char *output;     /* JSON text; NULL = null */
+  const char *fail_type; /* default "Transient" */
+  bool fatal;            /* failures are retryable=false */
+  int sleep_ms;          /* how long an attempt works */
+  int sleep_attempts;    /* only attempts ≤ this work that long; 0 = all */
+  bool until_cancel;     /* stop working once sk_task_cancelled() */
+  const char *output;    /* JSON text; NULL = null */
   atomic_int active, max_active;
 } behave;
 
@@ -149,7 +152,8 @@ static int h_script(const sk_task *t, sk_task_result *r, void *ud) {
   int idx = rec_begin(t);
   int now = atomic_fetch_add(&b->active, 1) + 1;
   int seen = atomic_load(&b->max_active);
-  while (now > seen && !atomic_compare_exchange_weak(&b->max_active, &seen, now))
+  while (now > seen &&
+         !atomic_compare_exchange_weak(&b->max_active, &seen, now))
     ;
   bool cancelled = false;
   if (b->sleep_ms > 0 &&
@@ -176,7 +180,8 @@ static int h_script(const sk_task *t, sk_task_result *r, void *ud) {
   return rc;
 }
 
-/* ---- engine and database per test ---------------------------------------------- */
+/* ---- engine and database per test
+ * ---------------------------------------------- */
 
 static char ci[1024];
 static sk_engine *eng;
@@ -218,8 +223,8 @@ static void reg_wf(sk_workflow *wf) {
   sk_error err;
   memset(&err, 0, sizeof(err));
   int rc = sk_engine_register_workflow(eng, wf, &err);
-  cr_assert_eq(rc, SK_OK, "register: %s %s (%s)", sk_err_name(rc),
-               err.message, err.path);
+  cr_assert_eq(rc, SK_OK, "register: %s %s (%s)", sk_err_name(rc), err.message,
+               err.path);
   sk_workflow_free(wf);
 }
 
@@ -253,7 +258,8 @@ static void expect_status(const char *id, sk_status want) {
                sk_status_name(want));
 }
 
-/* ---- JSON helpers ----------------------------------------------------------------- */
+/* ---- JSON helpers
+ * ----------------------------------------------------------------- */
 
 static const cJSON *jget(const cJSON *o, const char *path) {
   char buf[256];
@@ -285,8 +291,7 @@ static void expect_json(const char *got, const char *want, const char *what) {
   cJSON *g = cJSON_Parse(got), *w = cJSON_Parse(want);
   cr_assert_not_null(g, "%s: not JSON: %s", what, got);
   cr_assert_not_null(w, "%s: bad expectation", what);
-  cr_expect(cJSON_Compare(g, w, true), "%s: got %s, want %s", what, got,
-            want);
+  cr_expect(cJSON_Compare(g, w, true), "%s: got %s, want %s", what, got, want);
   cJSON_Delete(g);
   cJSON_Delete(w);
 }
@@ -450,8 +455,8 @@ Test(sdk_flow, completes_and_passes_outputs_through_templates) {
   cr_expect_eq(pgtest_scalar(ci, "SELECT count(*) FROM tasks"), 0);
 }
 
-static behave b_flaky = {.fail_attempts = 2, .fail_type = "Busy",
-                         .output = "{\"done\": 1}"};
+static behave b_flaky = {
+    .fail_attempts = 2, .fail_type = "Busy", .output = "{\"done\": 1}"};
 
 Test(sdk_flow, retries_back_off_with_a_stable_idempotency_key) {
   open_engine();
@@ -517,8 +522,8 @@ Test(sdk_flow, retries_back_off_with_a_stable_idempotency_key) {
 }
 
 static behave b_listed = {.always_fail = true, .fail_type = "Fatal"};
-static behave b_fatal = {.always_fail = true, .fail_type = "Nope",
-                         .fatal = true};
+static behave b_fatal = {
+    .always_fail = true, .fail_type = "Nope", .fatal = true};
 static behave b_undo = {.output = "{\"undone\": true}"};
 static behave b_ok = {.output = "{\"ok\": 1}"};
 
@@ -731,8 +736,8 @@ Test(sdk_flow, on_failure_pause_stops_in_paused_and_cancel_compensates) {
   cr_expect_eq(count_calls("a", 1), 1);
 }
 
-static behave b_slow = {.sleep_ms = 10000, .until_cancel = true,
-                        .output = "{\"slow\": true}"};
+static behave b_slow = {
+    .sleep_ms = 10000, .until_cancel = true, .output = "{\"slow\": true}"};
 
 Test(sdk_flow, cancel_stops_a_running_step_and_compensates) {
   open_engine();
@@ -827,7 +832,8 @@ Test(sdk_flow, sleep_steps_wait_durably) {
   cJSON_Delete(v);
 }
 
-static behave b_hang_once = {.sleep_ms = 3000, .sleep_attempts = 1,
+static behave b_hang_once = {.sleep_ms = 3000,
+                             .sleep_attempts = 1,
                              .until_cancel = true,
                              .output = "{\"second\": true}"};
 
@@ -1028,6 +1034,8 @@ Test(sdk_flow, events_after_seq_page_through_the_history) {
   }
   cJSON *first = cJSON_GetArrayItem(all, 0);
   cr_expect_str_eq(jstr(first, "type"), "SagaStarted");
+  cr_expect(cJSON_IsNull(jget(first, "step")), "saga events have no step");
+  cr_expect(cJSON_IsNull(jget(first, "attempt")));
   cr_expect_str_eq(jstr(first, "payload.id"), id);
   cr_expect_str_eq(jstr(first, "payload.workflow"), "history");
   cr_expect_str_eq(jstr(first, "payload.steps.1"), "b");
@@ -1203,4 +1211,47 @@ Test(sdk_flow, an_open_breaker_holds_attempts_then_lets_one_probe_through) {
     cr_expect_eq((int)jnum(v, "steps.0.attempts"), 2);
     cJSON_Delete(v);
   }
+}
+
+/* skald.h: sk_engine_stop asks running handlers to cancel and waits for
+ * them; sk_task_cancelled is true once "the engine is shutting down". */
+static int h_until_stopped(const sk_task *t, sk_task_result *r, void *ud) {
+  (void)ud;
+  int idx = rec_begin(t);
+  int64_t end = mono_ms() + 4000;
+  bool saw = false;
+  while (mono_ms() < end && !(saw = sk_task_cancelled(t)))
+    nap(5);
+  rec_end(idx, saw);
+  return sk_result_error(r, "Interrupted", "the engine is stopping", true);
+}
+
+Test(sdk_flow, closing_the_engine_cancels_running_handlers) {
+  open_engine();
+  OK(sk_engine_register_task(eng, "t.long", h_until_stopped, NULL));
+  sk_workflow *wf = wf_new("shutdown");
+  OK(sk_workflow_add_step(wf, "s", "t.long"));
+  reg_wf(wf);
+  OK(sk_engine_start(eng));
+  char id[SK_ID_LEN];
+  start("shutdown", "{}", id);
+  cr_assert(wait_calls("s", 0, 1, 5000));
+  int64_t t0 = mono_ms();
+  sk_engine_close(eng);
+  eng = NULL;
+  int64_t took = mono_ms() - t0;
+  call c;
+  cr_assert(find_call("s", 0, 0, &c));
+  cr_expect(c.saw_cancel, "the handler was not asked to stop");
+  cr_expect_lt(took, 2000, "closing waited %lld ms for the handler",
+               (long long)took);
+  /* Nothing is lost: the saga is still running, ready for another node. */
+  char sql[256];
+  snprintf(sql, sizeof(sql),
+           "SELECT count(*) FROM sagas WHERE id = '%s' AND status = 'running'",
+           id);
+  cr_expect_eq(pgtest_scalar(ci, sql), 1);
+  snprintf(sql, sizeof(sql), "SELECT count(*) FROM tasks WHERE saga_id = '%s'",
+           id);
+  cr_expect_eq(pgtest_scalar(ci, sql), 1);
 }

@@ -30,12 +30,12 @@ typedef enum op {
 typedef struct step {
   op op;
   int64_t now;
-  int allow;            /* OP_ALLOW only */
-  breaker_state state;  /* after the step */
+  int allow;           /* OP_ALLOW only */
+  breaker_state state; /* after the step */
   int failures;
   bool probe_out;
   uint64_t opens;
-  int64_t opened_at;    /* checked when state != CLOSED */
+  int64_t opened_at; /* checked when state != CLOSED */
 } step;
 
 #define C BREAKER_STATE_CLOSED
@@ -51,52 +51,68 @@ typedef struct script {
 
 /* threshold 2, open for 500 ms unless said otherwise. */
 static const script scripts[] = {
-    {"closed lets everything through; success keeps it closed", 2, 500,
+    {"closed lets everything through; success keeps it closed",
+     2,
+     500,
      {{OP_ALLOW, 0, -1, C, 0, false, 0, 0},
       {OP_DISPATCH, 0, 0, C, 0, false, 0, 0},
       {OP_OK, 1, 0, C, 0, false, 0, 0},
       {OP_ALLOW, 2, -1, C, 0, false, 0, 0},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"closed: counted failures below the threshold stay closed", 3, 500,
+    {"closed: counted failures below the threshold stay closed",
+     3,
+     500,
      {{OP_FAIL, 10, 0, C, 1, false, 0, 0},
       {OP_FAIL, 11, 0, C, 2, false, 0, 0},
       {OP_ALLOW, 12, -1, C, 2, false, 0, 0},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"closed: a success resets the consecutive count", 2, 500,
+    {"closed: a success resets the consecutive count",
+     2,
+     500,
      {{OP_FAIL, 10, 0, C, 1, false, 0, 0},
       {OP_OK, 11, 0, C, 0, false, 0, 0},
       {OP_FAIL, 12, 0, C, 1, false, 0, 0},
       {OP_ALLOW, 13, -1, C, 1, false, 0, 0},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"closed: a business error neither counts nor resets", 2, 500,
+    {"closed: a business error neither counts nor resets",
+     2,
+     500,
      {{OP_FAIL, 10, 0, C, 1, false, 0, 0},
       {OP_BIZ, 11, 0, C, 1, false, 0, 0},
       {OP_BIZ, 12, 0, C, 1, false, 0, 0},
       {OP_FAIL, 13, 0, O, 2, false, 1, 13}, /* second counted: opens */
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"closed → open at the threshold; open refuses until open_ms", 2, 500,
+    {"closed → open at the threshold; open refuses until open_ms",
+     2,
+     500,
      {{OP_FAIL, 100, 0, C, 1, false, 0, 0},
       {OP_FAIL, 200, 0, O, 2, false, 1, 200},
       {OP_ALLOW, 200, 0, O, 2, false, 1, 200},
       {OP_ALLOW, 699, 0, O, 2, false, 1, 200},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"open → half-open exactly when open_ms have passed; one probe", 2, 500,
+    {"open → half-open exactly when open_ms have passed; one probe",
+     2,
+     500,
      {{OP_FAIL, 100, 0, C, 1, false, 0, 0},
       {OP_FAIL, 200, 0, O, 2, false, 1, 200},
       {OP_ALLOW, 700, 1, H, 2, false, 1, 200},
       {OP_ALLOW, 701, 1, H, 2, false, 1, 200}, /* not dispatched yet */
       {OP_DISPATCH, 702, 0, H, 2, true, 1, 200},
-      {OP_ALLOW, 703, 0, H, 2, true, 1, 200},  /* probe out: none */
+      {OP_ALLOW, 703, 0, H, 2, true, 1, 200}, /* probe out: none */
       {OP_ALLOW, 99999, 0, H, 2, true, 1, 200},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"open: late results of earlier attempts change nothing", 1, 500,
+    {"open: late results of earlier attempts change nothing",
+     1,
+     500,
      {{OP_FAIL, 100, 0, O, 1, false, 1, 100},
       {OP_OK, 150, 0, O, 1, false, 1, 100},
       {OP_FAIL, 160, 0, O, 1, false, 1, 100},
       {OP_BIZ, 170, 0, O, 1, false, 1, 100},
       {OP_ALLOW, 599, 0, O, 1, false, 1, 100},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"half-open: the probe's success closes it and clears the count", 2, 500,
+    {"half-open: the probe's success closes it and clears the count",
+     2,
+     500,
      {{OP_FAIL, 0, 0, C, 1, false, 0, 0},
       {OP_FAIL, 0, 0, O, 2, false, 1, 0},
       {OP_ALLOW, 500, 1, H, 2, false, 1, 0},
@@ -105,7 +121,9 @@ static const script scripts[] = {
       {OP_ALLOW, 521, -1, C, 0, false, 1, 0},
       {OP_FAIL, 530, 0, C, 1, false, 1, 0}, /* counting starts afresh */
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"half-open: the probe's counted failure opens it again", 2, 500,
+    {"half-open: the probe's counted failure opens it again",
+     2,
+     500,
      {{OP_FAIL, 0, 0, C, 1, false, 0, 0},
       {OP_FAIL, 10, 0, O, 2, false, 1, 10},
       {OP_ALLOW, 510, 1, H, 2, false, 1, 10},
@@ -114,7 +132,9 @@ static const script scripts[] = {
       {OP_ALLOW, 1099, 0, O, 2, false, 2, 600}, /* a new full open_ms */
       {OP_ALLOW, 1100, 1, H, 2, false, 2, 600},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"half-open: a business error lets another probe go", 2, 500,
+    {"half-open: a business error lets another probe go",
+     2,
+     500,
      {{OP_FAIL, 0, 0, C, 1, false, 0, 0},
       {OP_FAIL, 0, 0, O, 2, false, 1, 0},
       {OP_ALLOW, 500, 1, H, 2, false, 1, 0},
@@ -124,17 +144,23 @@ static const script scripts[] = {
       {OP_DISPATCH, 511, 0, H, 2, true, 1, 0},
       {OP_OK, 520, 0, C, 0, false, 1, 0},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"threshold 1 opens on the first counted failure", 1, 50,
+    {"threshold 1 opens on the first counted failure",
+     1,
+     50,
      {{OP_FAIL, 5, 0, O, 1, false, 1, 5},
       {OP_ALLOW, 54, 0, O, 1, false, 1, 5},
       {OP_ALLOW, 55, 1, H, 1, false, 1, 5},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"dispatch while closed marks no probe", 2, 500,
+    {"dispatch while closed marks no probe",
+     2,
+     500,
      {{OP_DISPATCH, 0, 0, C, 0, false, 0, 0},
       {OP_DISPATCH, 0, 0, C, 0, false, 0, 0},
       {OP_ALLOW, 0, -1, C, 0, false, 0, 0},
       {OP_END, 0, 0, 0, 0, false, 0, 0}}},
-    {"zero or negative settings are clamped to 1", 0, 0,
+    {"zero or negative settings are clamped to 1",
+     0,
+     0,
      {{OP_FAIL, 7, 0, O, 1, false, 1, 7},
       {OP_ALLOW, 7, 0, O, 1, false, 1, 7},
       {OP_ALLOW, 8, 1, H, 1, false, 1, 7},
@@ -142,8 +168,8 @@ static const script scripts[] = {
 };
 
 static const char *op_name(op o) {
-  static const char *const names[] = {"allow", "dispatch", "ok", "fail",
-                                      "biz", "end"};
+  static const char *const names[] = {"allow", "dispatch", "ok",
+                                      "fail",  "biz",      "end"};
   return names[o];
 }
 
@@ -188,8 +214,9 @@ Test(breaker, scripted_transitions) {
       cr_assert_eq(b.probe_out, st->probe_out,
                    "[%s] step %zu (%s): probe_out %d want %d", sc->name, i,
                    op_name(st->op), b.probe_out, st->probe_out);
-      cr_assert_eq(b.opens, st->opens, "[%s] step %zu (%s): opens %llu want %llu",
-                   sc->name, i, op_name(st->op), (unsigned long long)b.opens,
+      cr_assert_eq(b.opens, st->opens,
+                   "[%s] step %zu (%s): opens %llu want %llu", sc->name, i,
+                   op_name(st->op), (unsigned long long)b.opens,
                    (unsigned long long)st->opens);
       if (b.state != BREAKER_STATE_CLOSED)
         cr_assert_eq(b.opened_at_ms, st->opened_at,
@@ -206,8 +233,11 @@ Test(breaker, init_clamps_and_state_names) {
     int64_t open_ms;
     int want_threshold;
     int64_t want_open_ms;
-  } cases[] = {{5, 5000, 5, 5000}, {1, 1, 1, 1}, {0, 0, 1, 1},
-               {-3, -10, 1, 1},    {2, 500, 2, 500}};
+  } cases[] = {{5, 5000, 5, 5000},
+               {1, 1, 1, 1},
+               {0, 0, 1, 1},
+               {-3, -10, 1, 1},
+               {2, 500, 2, 500}};
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     breaker b;
     memset(&b, 0x5a, sizeof(b)); /* init must overwrite every field */

@@ -23,13 +23,13 @@
 typedef struct ctx {
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  bool gate_open;          /* jobs with .gated wait for this */
-  int started;             /* jobs that began */
-  int finished;            /* jobs that returned */
-  int running;             /* begun, not yet returned */
+  bool gate_open; /* jobs with .gated wait for this */
+  int started;    /* jobs that began */
+  int finished;   /* jobs that returned */
+  int running;    /* begun, not yet returned */
   int max_running;
-  int order[MAX_JOBS];     /* job indexes in the order they began */
-  int runs[MAX_JOBS];      /* times each job ran */
+  int order[MAX_JOBS]; /* job indexes in the order they began */
+  int runs[MAX_JOBS];  /* times each job ran */
   pthread_t thread_of[MAX_JOBS];
 } ctx;
 
@@ -140,7 +140,7 @@ Test(pool, new_rejects_bad_arguments) {
     bool run;
     bool out;
   } bad[] = {
-      {NULL, 1, true, true}, {"x", 0, true, true},  {"x", -1, true, true},
+      {NULL, 1, true, true},   {"x", 0, true, true},  {"x", -1, true, true},
       {"x", 4097, true, true}, {"x", 1, false, true}, {"x", 1, true, false},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -225,8 +225,7 @@ Test(pool, several_threads_start_jobs_in_fifo_order) {
   cr_assert_eq(read_int(&c, &c.started), 3, "only as many as threads start");
   bool first3[3] = {false, false, false};
   for (int i = 0; i < 3; i++) {
-    cr_assert_lt(c.order[i], 3, "job %d started before older ones",
-                 c.order[i]);
+    cr_assert_lt(c.order[i], 3, "job %d started before older ones", c.order[i]);
     first3[c.order[i]] = true;
   }
   cr_assert(first3[0] && first3[1] && first3[2]);
@@ -236,7 +235,8 @@ Test(pool, several_threads_start_jobs_in_fifo_order) {
   ctx_destroy(&c);
 }
 
-/* ---- load accounting ------------------------------------------------------ */
+/* ---- load accounting ------------------------------------------------------
+ */
 
 Test(pool, load_counts_queued_and_running_jobs) {
   ctx c;
@@ -287,7 +287,8 @@ Test(pool, take_queued_returns_unstarted_jobs_in_order) {
   ctx_destroy(&c);
 }
 
-/* ---- stopping --------------------------------------------------------------- */
+/* ---- stopping ---------------------------------------------------------------
+ */
 
 Test(pool, stop_runs_queued_jobs_and_joins) {
   ctx c;
@@ -333,7 +334,8 @@ Test(pool, stop_waits_for_a_running_job) {
   ctx_destroy(&c);
 }
 
-/* ---- isolation --------------------------------------------------------------- */
+/* ---- isolation
+ * --------------------------------------------------------------- */
 
 Test(pool, a_blocked_pool_does_not_delay_another) {
   ctx slow, fast;

@@ -145,9 +145,9 @@ typedef struct sk_engine_options {
   /* Log level: 0 error, 1 warning, 2 info, 3 debug. Default 2. */
   int log_level;
   /* By default, registering a workflow whose task types (steps and
-   * compensations) have no handler on this engine fails with
-   * SK_ENOHANDLER, which catches typos. Set this when other nodes run
-   * those types. */
+   * compensations) have no handler on this engine, or whose bulkheads are
+   * not declared on it, fails with SK_ENOHANDLER, which catches typos. Set
+   * this when other nodes run those types. */
   bool allow_unknown_task_types;
 } sk_engine_options;
 
