@@ -17,8 +17,8 @@
  *   - The two handles are closed together and the connection is freed in
  *     the last close callback, never before.
  *   - Errors the connection answers itself (400, 408, 413, 414, 431, 503,
- *     505) are queued like responses, end parsing and close the connection after
- *     being written, with a lingering close so the client can read them.
+ *     505) are queued like responses, end parsing and close the connection
+ * after being written, with a lingering close so the client can read them.
  *
  * Thread: the loop thread only.
  */
@@ -87,12 +87,13 @@ void http_conn_flush(http_conn *c) { flush(c); }
 static int set_state(http_conn *c, conn_state to) {
   static const unsigned allowed[] = {
       [CONN_STATE_READING] = 1u << CONN_STATE_HANDLING |
-                             1u << CONN_STATE_WRITING | 1u << CONN_STATE_CLOSING,
-      [CONN_STATE_HANDLING] = 1u << CONN_STATE_WRITING | 1u << CONN_STATE_CLOSING,
-      [CONN_STATE_WRITING] = 1u << CONN_STATE_READING |
-                             1u << CONN_STATE_HANDLING |
-                             1u << CONN_STATE_LINGERING |
+                             1u << CONN_STATE_WRITING |
                              1u << CONN_STATE_CLOSING,
+      [CONN_STATE_HANDLING] =
+          1u << CONN_STATE_WRITING | 1u << CONN_STATE_CLOSING,
+      [CONN_STATE_WRITING] =
+          1u << CONN_STATE_READING | 1u << CONN_STATE_HANDLING |
+          1u << CONN_STATE_LINGERING | 1u << CONN_STATE_CLOSING,
       [CONN_STATE_LINGERING] = 1u << CONN_STATE_CLOSING,
       [CONN_STATE_CLOSING] = 0,
   };
@@ -148,7 +149,8 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
 static void read_on(http_conn *c) {
-  if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+  if (!c->reading &&
+      uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
     c->reading = true;
 }
 
@@ -296,7 +298,7 @@ static bool path_safe(http_request *req, const char *path, size_t len) {
 }
 
 /* Splits the URL into path and decoded query. */
-static int split_url(http_conn *c, http_request *req) {
+static int split_url(http_request *req) {
   const char *url = req->url.data ? req->url.data : "";
   if (url[0] != '/')
     return -1;
@@ -334,11 +336,12 @@ static int on_headers_complete(http_parser *p) {
               "only HTTP/1.0 and HTTP/1.1 are supported");
     return -1;
   }
-  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->cfg.max_body) {
+  if ((p->flags & F_CONTENTLENGTH) &&
+      p->content_length > c->srv->cfg.max_body) {
     conn_fail(c, 413, "payload_too_large", "request body is too large");
     return -1;
   }
-  if (split_url(c, req) != 0) {
+  if (split_url(req) != 0) {
     conn_fail(c, 400, "bad_request", "invalid request URL");
     return -1;
   }
@@ -402,6 +405,10 @@ static void feed(http_conn *c, const char *data, size_t len) {
     if (!c->parse_dead) { /* keep the rest for when the queue drains */
       buf_append(&c->pending, data + n, len - n);
       read_off(c);
+      if (!buf_ok(&c->pending)) {
+        http_conn_close(c);
+        return;
+      }
     }
   } else if (e != HPE_OK) {
     fail_parser(c, e);
@@ -463,10 +470,10 @@ static void dispatch(http_conn *c, http_request *req) {
   size_t len = strlen(req->path) + 1;
   char *scratch = http_request_alloc(req, len);
   http_response *resp = &req->resp;
-  int rc = scratch == NULL ? SK_ENOMEM
-                           : router_match_path(c->srv->routes, req->method,
-                                               req->path, scratch, len,
-                                               &req->match);
+  int rc = scratch == NULL
+               ? SK_ENOMEM
+               : router_match_path(c->srv->routes, req->method, req->path,
+                                   scratch, len, &req->match);
   switch (rc) {
   case SK_OK:
     req->match.fn(req, resp, req->match.udata);
@@ -531,8 +538,8 @@ static void on_write(uv_write_t *w, int status) {
     begin_linger(c);
     return;
   }
-  (void)set_state(c, c->qhead != NULL ? CONN_STATE_HANDLING
-                                      : CONN_STATE_READING);
+  (void)set_state(c,
+                  c->qhead != NULL ? CONN_STATE_HANDLING : CONN_STATE_READING);
   resume_parsing(c);
   flush(c);
 }
@@ -752,4 +759,3 @@ void http_conn_stop(http_conn *c) {
 }
 
 http_conn *http_conn_next(const http_conn *c) { return c->next; }
-

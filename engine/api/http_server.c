@@ -58,7 +58,7 @@ int http_parse_listen(const char *text, struct sockaddr_storage *out,
   char host[64];
   const char *colon, *hs;
   size_t hlen;
-  int port;
+  int port = 0;
   if (text == NULL || out == NULL)
     return sk_error_set(err, SK_EINVAL, "listen address is missing");
   memset(out, 0, sizeof(*out));
@@ -89,8 +89,7 @@ int http_parse_listen(const char *text, struct sockaddr_storage *out,
   if (text[0] == '[' &&
       uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0)
     return SK_OK;
-  if (text[0] != '[' &&
-      uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0)
+  if (text[0] != '[' && uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0)
     return SK_OK;
   return sk_error_set(err, SK_EINVAL,
                       "listen host \"%s\" is not an IP address (use an IPv4 "
@@ -180,9 +179,18 @@ int http_server_port(const http_server *s) {
   return s->listening ? s->port : 0;
 }
 
+static void on_stop_timer_closed(uv_handle_t *h);
+
+/* Finishes a stop once nothing is left: the grace timer is closed as soon
+ * as the last connection is gone, then the callback runs. */
 static void maybe_done(http_server *s) {
-  if (!s->stopping || s->listener_open || s->timer_open || s->nconns > 0 ||
-      s->stop_cb == NULL)
+  if (!s->stopping || s->nconns > 0)
+    return;
+  if (s->timer_open && !s->timer_closing) {
+    s->timer_closing = true;
+    uv_close((uv_handle_t *)&s->stop_timer, on_stop_timer_closed);
+  }
+  if (s->listener_open || s->timer_open || s->stop_cb == NULL)
     return;
   http_server_stop_cb cb = s->stop_cb;
   s->stop_cb = NULL;
@@ -212,12 +220,14 @@ static void on_stop_timeout(uv_timer_t *t) {
     next = http_conn_next(c);
     http_conn_close(c);
   }
-  uv_close((uv_handle_t *)&s->stop_timer, on_stop_timer_closed);
+  /* The connections' close callbacks end the stop (maybe_done). */
 }
 
 int http_server_stop(http_server *s, uint64_t timeout_ms,
                      http_server_stop_cb cb, void *udata) {
-  if (s->stopping || cb == NULL)
+  if (cb == NULL)
+    return SK_EINVAL;
+  if (s->stopping)
     return SK_ESTATE;
   s->stopping = true;
   s->stop_cb = cb;
@@ -234,9 +244,7 @@ int http_server_stop(http_server *s, uint64_t timeout_ms,
   s->stop_timer.data = s;
   s->timer_open = true;
   uv_timer_start(&s->stop_timer, on_stop_timeout, timeout_ms, 0);
-  /* If nothing is left besides the timer, close it now. */
-  if (s->nconns == 0)
-    on_stop_timeout(&s->stop_timer);
+  maybe_done(s); /* nothing busy: closes the timer now */
   return SK_OK;
 }
 
@@ -316,7 +324,6 @@ void http_server_request_free(http_request *req) {
   free(req);
 }
 
-
 /* ---- request accessors ---- */
 
 int http_request_method(const http_request *req) { return req->method; }
@@ -331,13 +338,9 @@ const char *http_request_header(const http_request *req, const char *name) {
 }
 
 const char *http_request_param(const http_request *req, const char *name) {
-  for (int i = 0; i < req->match.nparams; i++) {
-    const char *key = req->match.params[i].key;
-    size_t n = strlen(name);
-    /* Keys point into the route's pattern: "id}" ends with the brace. */
-    if (strncmp(key, name, n) == 0 && (key[n] == '}' || key[n] == '\0'))
+  for (int i = 0; i < req->match.nparams; i++)
+    if (strcmp(req->match.params[i].key, name) == 0)
       return req->match.params[i].value;
-  }
   return NULL;
 }
 

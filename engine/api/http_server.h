@@ -13,7 +13,30 @@
  * Every error response is {"error":{"code","message","details":[]}} with
  * the status of spec/http-api.md. Every response carries Content-Length,
  * Content-Type when it has a body, and "Connection: close" when the server
- * closes after it.
+ * closes after it. What the connection answers by itself:
+ *
+ *   400 bad_request         malformed HTTP (request line, unknown method,
+ *                           header syntax, lengths, chunking), a URL not in
+ *                           origin form, "." / ".." segments, bad escapes,
+ *                           control bytes; closes. Invalid path parameters
+ *                           (see router.h) also get 400 but keep the
+ *                           connection.
+ *   404 not_found           no route for the path (keeps the connection)
+ *   405 method_not_allowed  route exists for other methods; Allow header
+ *   408 request_timeout     request not complete within request_timeout_ms
+ *   413 payload_too_large   Content-Length or chunked body over max_body
+ *   414 uri_too_long        URL over max_url
+ *   431 headers_too_large   header bytes or count over the limits
+ *   503 unavailable         over max_conns (then closed)
+ *   505 http_version_not_supported  anything but HTTP/1.0 and HTTP/1.1
+ *
+ * Errors that end the connection are followed by a lingering close (FIN,
+ * then the rest of the request is drained for linger_ms) so the client
+ * reads the response instead of a reset. Idle keep-alive connections are
+ * closed silently after idle_timeout_ms. Not supported: upgrades and
+ * CONNECT (answered, then closed), "Expect: 100-continue" (the client
+ * just sends the body after its own wait). Chunked trailer fields are
+ * kept as headers and count against the header limits.
  *
  * Thread: everything here runs on the loop thread, except that
  * http_parse_listen and the config helpers are pure.
@@ -74,8 +97,8 @@ int http_server_port(const http_server *s);
 /* Stops accepting, closes idle connections, lets requests in flight finish
  * (their responses say Connection: close) and, after timeout_ms, closes the
  * rest. cb runs once every handle of the server is closed; then, and only
- * then, http_server_free may be called. Errors: SK_ESTATE (already
- * stopping); on error cb never runs. */
+ * then, http_server_free may be called. Errors: SK_EINVAL (NULL cb),
+ * SK_ESTATE (already stopping); on error cb never runs. */
 int http_server_stop(http_server *s, uint64_t timeout_ms,
                      http_server_stop_cb cb, void *udata) SK_MUST_CHECK;
 
@@ -84,7 +107,7 @@ void http_server_free(http_server *s);
 
 /* ---- requests (borrowed by handlers until the response is written) ---- */
 
-int http_request_method(const http_request *req); /* enum http_method */
+int http_request_method(const http_request *req);       /* enum http_method */
 const char *http_request_path(const http_request *req); /* raw, no query */
 /* First header with this name (case-insensitive), or NULL. */
 const char *http_request_header(const http_request *req, const char *name);
@@ -106,8 +129,10 @@ char *http_request_strdup(http_request *req, const char *s);
 int http_request_json_check(http_request *req, int max_depth);
 
 /* Called inside a handler: the response is completed later by
- * http_respond(), from the loop thread. Responses still leave in request
- * order. */
+ * http_respond(), on the loop thread (a worker thread hands its result back
+ * through uv_async_t or uv_queue_work's after-callback). Responses still
+ * leave in request order; the request and its arena stay valid until
+ * http_respond. */
 void http_request_defer(http_request *req);
 /* Completes a deferred response. If the connection was closed meanwhile
  * the request is just freed. req must not be used afterwards. */
@@ -184,7 +209,8 @@ struct http_server {
   const router *routes;
   uv_tcp_t listener;
   uv_timer_t stop_timer;
-  bool listening, stopping, listener_open, listener_closing, timer_open;
+  bool listening, stopping, listener_open, listener_closing;
+  bool timer_open, timer_closing;
   int port;
   int nconns;
   http_conn *conns; /* all live connections, doubly linked */

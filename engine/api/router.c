@@ -69,6 +69,8 @@ static int split_pattern(route *rt) {
       return -1;
     s->text = s->capture ? p + 1 : p;
     s->len = s->capture ? len - 2 : len;
+    if (s->capture)
+      p[len - 1] = '\0'; /* the name alone: "id", not "id}" */
     if (end == NULL)
       break;
     *end = '\0';
@@ -154,8 +156,11 @@ int router_url_decode(const char *in, size_t len, char *out, size_t *out_len,
  * surrogates and code points past U+10FFFF are invalid. */
 static size_t utf8_len(const unsigned char *s, size_t len) {
   unsigned char c = s[0];
-  size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                       : (c & 0xf8) == 0xf0 ? 4 : 0;
+  size_t n = c < 0x80             ? 1
+             : (c & 0xe0) == 0xc0 ? 2
+             : (c & 0xf0) == 0xe0 ? 3
+             : (c & 0xf8) == 0xf0 ? 4
+                                  : 0;
   if (n == 0 || n > len || c == 0xc0 || c == 0xc1 || c > 0xf4)
     return 0;
   for (size_t i = 1; i < n; i++)
@@ -252,8 +257,8 @@ static void allow_add(router_match *m, int method) {
   size_t have = strlen(m->allow);
   if (strstr(m->allow, name) != NULL)
     return;
-  snprintf(m->allow + have, sizeof(m->allow) - have, "%s%s",
-           have ? ", " : "", name);
+  snprintf(m->allow + have, sizeof(m->allow) - have, "%s%s", have ? ", " : "",
+           name);
 }
 
 int router_match_path(const router *r, int method, const char *path,
@@ -313,8 +318,8 @@ int router_parse_query(const char *qs, size_t len, char *scratch,
       size_t klen = eq ? (size_t)(eq - (qs + i)) : end - i;
       size_t vlen = eq ? end - i - klen - 1 : 0;
       out[n].key = decode_part(qs + i, klen, scratch, scratch_len, &used);
-      out[n].value = decode_part(eq ? eq + 1 : "", vlen, scratch, scratch_len,
-                                 &used);
+      out[n].value =
+          decode_part(eq ? eq + 1 : "", vlen, scratch, scratch_len, &used);
       if (out[n].key == NULL || out[n].value == NULL)
         return SK_EINVAL;
       n++;

@@ -16,7 +16,7 @@
 
 static void task_json(buf *b, const leased_task *t, int64_t ttl_ms) {
   char id[REMOTE_TASK_ID_MAX];
-  char key[SK_ID_LEN + SK_NAME_MAX + 8];
+  char key[SK_ID_LEN + SK_NAME_MAX + 16];
   remote_task_id(&t->lease, id);
   saga_idempotency_key(t->lease.saga_id, t->step_name, t->lease.kind, key,
                        sizeof(key));

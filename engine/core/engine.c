@@ -303,66 +303,112 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
   return rc;
 }
 
-/* Features of the spec this engine cannot run yet are refused at
- * registration, never accepted and then failed at run time. */
+/* Anything of the spec this engine cannot run is refused at registration,
+ * never accepted and then failed at run time. Every step kind, fallback and
+ * compensation runs today; what is left is a guard on how deep parallel
+ * groups nest (the validator caps it at 4). The walk keeps its own stack,
+ * one frame per group level. */
 static int check_supported(const def_workflow *wf, sk_error *err) {
-  for (size_t i = 0; i < wf->n_steps; i++) {
-    const def_step *s = &wf->steps[i];
-    char path[64];
-    snprintf(path, sizeof(path), "/steps/%zu", i);
-    const char *what = NULL;
-    if (s->action.kind == DEF_KIND_PARALLEL)
-      what = "parallel steps";
-    else if (s->action.kind == DEF_KIND_HTTP ||
-             (s->compensate && s->compensate->kind == DEF_KIND_HTTP))
-      what = "http steps";
-    else if (s->fallback != NULL)
-      what = "fallbacks";
-    if (what != NULL) {
-      sk_error_set(err, SK_ENOTSUP, "%s are not supported by this engine yet",
-                   what);
+  enum { DEPTH = 16 };
+  struct {
+    const def_step *group; /* NULL: the top level */
+    size_t branch, i;
+    size_t base; /* path length of the group ("" for the top level) */
+  } st[DEPTH];
+  char path[512] = "";
+  int top = 0;
+  st[0].group = NULL;
+  st[0].branch = st[0].i = st[0].base = 0;
+  while (top >= 0) {
+    const def_step *g = st[top].group;
+    const def_step *list = g ? g->branches[st[top].branch].steps : wf->steps;
+    size_t n = g ? g->branches[st[top].branch].n_steps : wf->n_steps;
+    if (st[top].i >= n) {
+      if (g != NULL && st[top].branch + 1 < g->n_branches) {
+        st[top].branch++;
+        st[top].i = 0;
+      } else {
+        top--;
+      }
+      continue;
+    }
+    size_t i = st[top].i++;
+    const def_step *s = &list[i];
+    size_t len = st[top].base;
+    if (g != NULL)
+      snprintf(path + len, sizeof(path) - len, "/parallel/%zu/%zu",
+               st[top].branch, i);
+    else
+      snprintf(path, sizeof(path), "/steps/%zu", i);
+    if (s->n_branches == 0)
+      continue;
+    if (top + 1 >= DEPTH) {
+      sk_error_set(err, SK_ENOTSUP, "parallel groups nest too deep");
       sk_error_set_path(err, path);
       return SK_ENOTSUP;
     }
+    top++;
+    st[top].group = s;
+    st[top].branch = st[top].i = 0;
+    st[top].base = strlen(path);
   }
   return SK_OK;
 }
 
-/* Every task type the workflow uses must have a handler here, and every
- * bulkhead it names must be declared, unless the engine was told other
- * nodes run them. */
-static int check_handlers(struct sk_engine *e, const def_workflow *wf,
-                          sk_error *err) {
-  if (e->o.allow_unknown_task_types)
-    return SK_OK;
-  for (size_t i = 0; i < wf->n_steps; i++) {
-    const def_step *s = &wf->steps[i];
-    if (engine_find_bulkhead(e, def_step_bulkhead(s)) == NULL) {
-      char path[64];
-      snprintf(path, sizeof(path), "/steps/%zu/bulkhead", i);
+/* Every task type the workflow uses (steps, compensations, fallbacks, in
+ * every branch) must have a handler here, and every bulkhead it names must
+ * be declared, unless the engine was told other nodes run them. Recursion
+ * is bounded by the validator's cap on parallel nesting. */
+static int check_steps(struct sk_engine *e, const def_step *steps, size_t n,
+                       const char *prefix, sk_error *err) {
+  for (size_t i = 0; i < n; i++) {
+    const def_step *s = &steps[i];
+    char here[256];
+    snprintf(here, sizeof(here), "%s/%zu", prefix, i);
+    if (s->action.kind != DEF_KIND_PARALLEL &&
+        engine_find_bulkhead(e, def_step_bulkhead(s)) == NULL) {
       sk_error_set(err, SK_ENOHANDLER,
                    "bulkhead \"%s\" is not declared on this engine",
                    def_step_bulkhead(s));
+      char path[300];
+      snprintf(path, sizeof(path), "%s/bulkhead", here);
       sk_error_set_path(err, path);
       return SK_ENOHANDLER;
     }
-    const def_action *acts[2] = {&s->action, s->compensate};
-    const char *where[2] = {"task", "compensate/task"};
-    for (int k = 0; k < 2; k++) {
+    const def_action *acts[4] = {&s->action, s->compensate, s->fallback,
+                                 s->fallback_compensate};
+    const char *where[4] = {"task", "compensate/task", "fallback/task",
+                            "fallback/compensate/task"};
+    for (int k = 0; k < 4; k++) {
       const def_action *a = acts[k];
       if (a == NULL || a->kind != DEF_KIND_TASK ||
           engine_find_handler(e, a->task_type) != NULL)
         continue;
-      char path[96];
-      snprintf(path, sizeof(path), "/steps/%zu/%s", i, where[k]);
+      char path[300];
+      snprintf(path, sizeof(path), "%s/%s", here, where[k]);
       sk_error_set(err, SK_ENOHANDLER,
                    "no handler is registered for task type \"%s\"",
                    a->task_type);
       sk_error_set_path(err, path);
       return SK_ENOHANDLER;
     }
+    for (size_t b = 0; b < s->n_branches; b++) {
+      char sub[300]; /* here (< 256) + "/parallel/" + a number */
+      snprintf(sub, sizeof(sub), "%s/parallel/%zu", here, b);
+      int rc = check_steps(e, s->branches[b].steps, s->branches[b].n_steps,
+                           sub, err);
+      if (rc != SK_OK)
+        return rc;
+    }
   }
   return SK_OK;
+}
+
+static int check_handlers(struct sk_engine *e, const def_workflow *wf,
+                          sk_error *err) {
+  if (e->o.allow_unknown_task_types)
+    return SK_OK;
+  return check_steps(e, wf->steps, wf->n_steps, "/steps", err);
 }
 
 int engine_register_def(struct sk_engine *e, const def_workflow *src,

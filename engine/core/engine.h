@@ -24,6 +24,7 @@
 
 #include <skald/skald.h>
 
+#include "exec/httpcall.h"
 #include "exec/pool.h"
 #include "obs/engine_metrics.h"
 #include "saga/saga.h"
@@ -56,6 +57,7 @@ typedef struct bulkhead {
   int concurrency;
   pool *pool;
   int reserved;     /* [loop] slots promised to a commit's claims */
+  int http_inflight; /* [loop] http calls running on the loop */
 } bulkhead;
 
 /* What a handler reports (sk_task_result in skald.h). */
@@ -83,12 +85,13 @@ typedef struct exec_job {
   leased_task task;
   handler *h;
   bulkhead *bh;
-  char idem_key[SK_ID_LEN + SK_NAME_MAX + 8];
+  char idem_key[SK_ID_LEN + SK_NAME_MAX + 16]; /* ...:fallback */
   atomic_bool cancel;             /* sk_task_cancelled() */
   atomic_int state;               /* job_state */
   atomic_llong started_mono_ms;   /* 0 until a worker starts it */
   int64_t deadline_wall_ms;       /* set when started */
   bool shutdown_cancel;           /* [loop] asked to stop by sk_engine_stop */
+  bool is_http;                   /* run by httpcall on the loop, no handler */
   struct sk_task_result result;
   struct exec_job *next_inflight; /* [loop] */
   struct exec_job *prev_inflight; /* [loop] */
@@ -145,6 +148,8 @@ struct sk_engine {
   uv_timer_t watchdog_timer;
   uv_timer_t retry_timer;
   uv_poll_t listen_poll;
+  httpcall http;                  /* http steps, on this loop */
+  bool http_up;
   bool listen_active;       /* listen_poll is initialised (not closed) */
   bool listen_busy;         /* a reconnect of listen_conn is in flight */
   int64_t listen_tried_ms;  /* last reconnect attempt (monotonic) */
@@ -152,6 +157,8 @@ struct sk_engine {
   PGconn *commit_conn, *dequeue_conn, *aux_conn, *listen_conn;
   bool commit_busy, dequeue_busy, aux_busy;
   bool dequeue_wanted;
+  bool dequeue_forced;      /* a timer asked for a forced dequeue while
+                               one was in flight */
   bool commit_backoff;
   int64_t retry_delay_ms;
   int64_t due_at_ms;

@@ -18,6 +18,7 @@
  * Thread: the loop thread, except loop_wake and loop_submit_op (any) and
  * the *_work functions (threadpool).
  */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,76 @@ static bool counted_failure(const store_op *op) {
                      (op->err_type && strcmp(op->err_type, "Timeout") == 0));
 }
 
+/* ---- http steps ---------------------------------------------------------- */
+
+/* An http call finished (loop thread): record it like a handler's result. */
+static void http_done(uint64_t id, httpcall_outcome *out, void *ud) {
+  exec_job *j = ud;
+  struct sk_engine *e = j->e;
+  j->bh->http_inflight--;
+  if (out->ok) {
+    j->result = (struct sk_task_result){.set = true, .ok = true,
+                                        .output = out->output};
+    out->output = NULL;
+  } else {
+    sk_result_error(&j->result, out->err_type, out->err_message,
+                    out->retryable);
+  }
+  int expected = JOB_RUNNING;
+  atomic_compare_exchange_strong(&j->state, &expected, JOB_DONE);
+  /* Through the done list, like a worker's, so one path records results. */
+  pthread_mutex_lock(&e->mu);
+  j->next_done = e->done;
+  e->done = j;
+  pthread_mutex_unlock(&e->mu);
+  loop_wake(e);
+}
+
+/* Starts an http task on the loop's httpcall; it holds a bulkhead slot
+ * until its callback runs. */
+static void dispatch_http(struct sk_engine *e, leased_task *t) {
+  store_op op;
+  bulkhead *bh = engine_find_bulkhead(e, t->bulkhead);
+  exec_job *j = bh != NULL && e->http_up ? job_new(e, t, NULL, bh) : NULL;
+  if (j == NULL) {
+    job_failure_op(t, "NoBulkhead", "no such bulkhead on this node", true,
+                   &op);
+    push_result(e, &op);
+    return;
+  }
+  j->is_http = true;
+  atomic_store(&j->state, JOB_RUNNING);
+  atomic_store(&j->started_mono_ms, clock_mono_ms());
+  j->deadline_wall_ms = clock_now_ms() + j->task.timeout_ms;
+  int codes[32];
+  size_t n_codes = 0;
+  cJSON *in = cJSON_Parse(j->task.input);
+  const cJSON *c;
+  cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(in, "success_codes")) {
+    if (cJSON_IsNumber(c) && n_codes < 32)
+      codes[n_codes++] = c->valueint;
+  }
+  cJSON_Delete(in);
+  httpcall_request req = {.input_json = j->task.input,
+                          .idempotency_key = j->idem_key,
+                          .timeout_ms = j->task.timeout_ms,
+                          .success_codes = n_codes > 0 ? codes : NULL,
+                          .n_success_codes = n_codes,
+                          .cancel = &j->cancel};
+  inflight_add(e, j);
+  engine_metrics_dispatch(e->metrics, j->task.workflow, j->task.step_name,
+                          j->task.lease.attempt, j->task.deliveries);
+  if (httpcall_start(&e->http, &req, http_done, j, NULL) != SK_OK) {
+    inflight_remove(e, j);
+    job_failure_op(&j->task, "ShuttingDown", "the node is stopping", true,
+                   &op);
+    push_result(e, &op);
+    job_free(j);
+    return;
+  }
+  bh->http_inflight++;
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 /* Hands one leased task to its bulkhead, or settles it in the loop. */
@@ -103,6 +174,8 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
   } else if (t->action == DEF_KIND_SLEEP) {
     job_success_op(t, &op);
     push_result(e, &op);
+  } else if (t->action == DEF_KIND_HTTP) {
+    dispatch_http(e, t);
   } else if (t->action != DEF_KIND_TASK) {
     job_failure_op(t, "UnsupportedStepKind",
                    "this engine cannot run this kind of step", false, &op);
@@ -176,8 +249,10 @@ static void collect_done(struct sk_engine *e) {
                                j->task.step_name,
                                j->task.lease.kind == TASK_KIND_COMP,
                                op.ok ? "ok" : "error", secs);
-        breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
-        engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+        if (j->h != NULL) {
+          breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
+          engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+        }
         push_result(e, &op);
       }
     }
@@ -224,10 +299,8 @@ static bool env_claim(void *ud, const saga_task *t) {
   struct sk_engine *e = w->e;
   if (t->action == DEF_KIND_SLEEP)
     return true; /* settled by the loop itself, no worker slot */
-  if (t->action != DEF_KIND_TASK)
-    return false;
-  bool ok = false;
-  for (size_t i = 0; i < e->n_handlers; i++)
+  bool ok = t->action == DEF_KIND_HTTP && w->e->http_up;
+  for (size_t i = 0; i < e->n_handlers && t->action == DEF_KIND_TASK; i++)
     if (strcmp(e->handlers[i].task_type, t->task_type) == 0) {
       ok = w->type_ok[i];
       break;
@@ -482,7 +555,8 @@ static void maybe_commit(struct sk_engine *e) {
   int64_t now = clock_now_ms();
   for (size_t i = 0; i < e->n_bulkheads && !stopping; i++) {
     bulkhead *bh = &e->bulkheads[i];
-    int free_slots = bh->concurrency - (int)pool_load(bh->pool);
+    int free_slots =
+        bh->concurrency - (int)pool_load(bh->pool) - bh->http_inflight;
     w->budget[i] = free_slots > 0 ? free_slots : 0;
     bh->reserved = w->budget[i];
   }
@@ -587,18 +661,21 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
   }
   for (size_t i = 0; i < e->n_bulkheads; i++) {
     bulkhead *bh = &e->bulkheads[i];
-    int free_slots = bh->concurrency - (int)pool_load(bh->pool) - bh->reserved;
+    int free_slots = bh->concurrency - (int)pool_load(bh->pool) -
+                     bh->http_inflight - bh->reserved;
     if (free_slots <= 0)
       continue;
-    if (w->n_types > 0) {
-      w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
-                                              .types = w->types,
-                                              .n_types = w->n_types,
-                                              .limit = free_slots};
-      w->task_capacity += free_slots;
-    }
+    /* Handler types with closed breakers and http tasks, under one
+     * limit: the bulkhead's free slots. */
+    w->lanes[w->n_lanes++] = (dequeue_lane){.kind = DEQUEUE_WORK,
+                                            .bulkhead = bh->name,
+                                            .types = w->types,
+                                            .n_types = w->n_types,
+                                            .limit = free_slots};
+    w->task_capacity += free_slots;
     for (size_t k = 0; k < n_probe; k++) {
-      w->lanes[w->n_lanes++] = (dequeue_lane){.bulkhead = bh->name,
+      w->lanes[w->n_lanes++] = (dequeue_lane){.kind = DEQUEUE_TASKS,
+                                              .bulkhead = bh->name,
                                               .types = &w->probe[k],
                                               .n_types = 1,
                                               .limit = 1};
@@ -606,7 +683,7 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
     }
   }
   w->lanes[w->n_lanes++] =
-      (dequeue_lane){.sleeps = true, .limit = SLEEP_LANE_LIMIT};
+      (dequeue_lane){.kind = DEQUEUE_SLEEPS, .limit = SLEEP_LANE_LIMIT};
   return true;
 }
 
@@ -616,9 +693,12 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
  * timer) also runs a sleeps-only dequeue, so durable timers come due even
  * on a node whose workers are all busy. */
 static void dequeue_if(struct sk_engine *e, bool force) {
+  if (e->dequeue_busy && force)
+    e->dequeue_forced = true; /* run it once the one in flight is back */
   if (e->dequeue_busy || !(e->dequeue_wanted || force) ||
       atomic_load(&e->state) != ENGINE_STATE_RUNNING)
     return;
+  e->dequeue_forced = false;
   dequeue_work *w = calloc(1, sizeof(*w));
   if (w == NULL)
     return;
@@ -642,7 +722,9 @@ static void dequeue_if(struct sk_engine *e, bool force) {
   }
 }
 
-static void maybe_dequeue(struct sk_engine *e) { dequeue_if(e, false); }
+static void maybe_dequeue(struct sk_engine *e) {
+  dequeue_if(e, e->dequeue_forced);
+}
 
 /* ---- lease renewal, heartbeat, release ---------------------------------- */
 
@@ -784,8 +866,8 @@ static void watchdog_cb(uv_timer_t *t) {
   bool any = false;
   for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
     int64_t started = atomic_load(&j->started_mono_ms);
-    if (started == 0 || now - started < j->task.timeout_ms)
-      continue;
+    if (j->is_http || started == 0 || now - started < j->task.timeout_ms)
+      continue; /* curl enforces an http call's timeout itself */
     int expected = JOB_RUNNING;
     if (!atomic_compare_exchange_strong(&j->state, &expected, JOB_ABANDONED))
       continue;
@@ -987,6 +1069,10 @@ static void maybe_finish(struct sk_engine *e) {
   close_handle(e, (uv_handle_t *)&e->retry_timer);
   if (e->listen_active)
     close_handle(e, (uv_handle_t *)&e->listen_poll);
+  if (e->http_up) {
+    e->http_up = false;
+    httpcall_close(&e->http, NULL);
+  }
 }
 
 static int connect_all(struct sk_engine *e, sk_error *err) {
@@ -1032,6 +1118,11 @@ int loop_init(struct sk_engine *e) {
   if (listen_start(e) != SK_OK)
     log_write(LOG_WARNING, "cannot watch the notification connection; "
                            "polling",
+              NULL);
+  e->http_up = httpcall_init(&e->http, &e->loop) == SK_OK;
+  if (!e->http_up)
+    log_write(LOG_WARNING, "http steps cannot run on this node (libcurl "
+                           "could not start)",
               NULL);
   uint64_t poll = (uint64_t)e->o.poll_interval_ms;
   uv_timer_start(&e->poll_timer, poll_cb, 0, poll);

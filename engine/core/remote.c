@@ -36,15 +36,17 @@ int remote_task_id_parse(const char *id, store_lease *l) {
   l->saga_id[36] = '\0';
   if (!uuid_valid(l->saga_id))
     return SK_EINVAL;
-  char kind[8];
+  char kind[12];
   int step, attempt, used = 0;
-  if (sscanf(id + 37, "%d.%7[a-z].%d%n", &step, kind, &attempt, &used) != 3 ||
+  if (sscanf(id + 37, "%d.%11[a-z].%d%n", &step, kind, &attempt, &used) != 3 ||
       id[37 + used] != '\0' || step < 0 || step > 100000 || attempt < 1)
     return SK_EINVAL;
   if (strcmp(kind, "fwd") == 0)
     l->kind = TASK_KIND_FWD;
   else if (strcmp(kind, "comp") == 0)
     l->kind = TASK_KIND_COMP;
+  else if (strcmp(kind, "fallback") == 0)
+    l->kind = TASK_KIND_FALLBACK;
   else
     return SK_EINVAL;
   l->step = step;

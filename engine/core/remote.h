@@ -2,7 +2,8 @@
  * remote.h — the engine side of remote workers (http-api.md "Remote
  * workers"): long-poll for tasks, heartbeat, complete, fail.
  *
- * A remote task is identified by task_id "<saga_id>.<step>.<fwd|comp>.<attempt>"
+ * A remote task is identified by task_id
+ * "<saga_id>.<step>.<fwd|comp|fallback>.<attempt>"
  * plus its lease token; results go through the same group commit as
  * in-process ones and are fenced the same way (SK_ELEASE = lease lost).
  *

@@ -35,7 +35,8 @@
  *    or a step failed for good while parallel siblings run) → see
  *    "stopping"; else the next step of its sequence is scheduled; at the
  *    end of a branch, when every branch of the group is complete, the group
- *    completes (StepCompleted, output null) and the saga goes on after it;
+ *    completes (StepCompleted, output = {name: output} of the steps of its
+ *    branches) and the saga goes on after it;
  *    at the end of the top level: SagaCompleted{output: {step: output}} over
  *    every step, nested ones included.
  *  - forward failure: retried iff retryable, type not non-retryable, not
@@ -318,6 +319,28 @@ static int complete_saga(dctx *d) {
               add(cJSON_CreateObject(), "output", outputs));
 }
 
+static int advance(dctx *d, int i);
+
+/* Every branch of group g is complete: so is g, with the outputs of the
+ * steps of its branches by name as its output. */
+static int complete_group(dctx *d, int g) {
+  cJSON *outputs = cJSON_CreateObject();
+  for (int k = g + 1; k < d->flat[g].end && outputs != NULL; k++) {
+    if (d->flat[k].parent != g)
+      continue;
+    cJSON *v = json_parse(d->cur.steps[k].output);
+    if (v == NULL) {
+      cJSON_Delete(outputs);
+      return SK_EINTERNAL; /* stored outputs are always valid JSON */
+    }
+    outputs = add(outputs, d->cur.steps[k].name, v);
+  }
+  cJSON *p = add(cJSON_CreateObject(), "output", outputs);
+  p = add(p, "by_fallback", cJSON_CreateBool(false));
+  int rc = emit(d, SAGA_EV_STEP_COMPLETED, g, 1, p);
+  return rc != SK_OK ? rc : advance(d, g);
+}
+
 /* Step i has just completed: go on after it. */
 static int advance(dctx *d, int i) {
   if (stopping(d))
@@ -331,10 +354,7 @@ static int advance(dctx *d, int i) {
     return complete_saga(d);
   if (!group_complete(d, f->parent))
     return SK_OK; /* other branches still run */
-  cJSON *p = add(cJSON_CreateObject(), "output", cJSON_CreateNull());
-  p = add(p, "by_fallback", cJSON_CreateBool(false));
-  int rc = emit(d, SAGA_EV_STEP_COMPLETED, f->parent, 1, p);
-  return rc != SK_OK ? rc : advance(d, f->parent);
+  return complete_group(d, f->parent);
 }
 
 static int schedule_group(dctx *d, int g) {
@@ -348,12 +368,8 @@ static int schedule_group(dctx *d, int g) {
   }
   /* Only empty branches (the validator forbids them): done at once. */
   if (rc == SK_OK && running_forward(d) && !stopping(d) &&
-      status_of(d, g) == STEP_STATUS_SCHEDULED && group_complete(d, g)) {
-    cJSON *p = add(cJSON_CreateObject(), "output", cJSON_CreateNull());
-    p = add(p, "by_fallback", cJSON_CreateBool(false));
-    if ((rc = emit(d, SAGA_EV_STEP_COMPLETED, g, 1, p)) == SK_OK)
-      rc = advance(d, g);
-  }
+      status_of(d, g) == STEP_STATUS_SCHEDULED && group_complete(d, g))
+    rc = complete_group(d, g);
   return rc;
 }
 
@@ -474,8 +490,8 @@ static int attempt_failed(dctx *d, const saga_result *r, const serr *e0) {
     }
   }
   saga_task t;
-  int rc = retry ? build_task(d, r->step, r->kind, r->attempt + 1, at, &t)
-                 : SK_OK;
+  int rc =
+      retry ? build_task(d, r->step, r->kind, r->attempt + 1, at, &t) : SK_OK;
   if (rc < 0)
     return rc;
   if (rc == RENDER_FAILED) {
@@ -483,15 +499,15 @@ static int attempt_failed(dctx *d, const saga_result *r, const serr *e0) {
     retry = false;
   }
   if (retry)
-    return emit_retry(d, &t,
-                      &e, fb ? SAGA_EV_FALLBACK_FAILED : SAGA_EV_STEP_FAILED,
-                      at, delay);
+    return emit_retry(d, &t, &e,
+                      fb ? SAGA_EV_FALLBACK_FAILED : SAGA_EV_STEP_FAILED, at,
+                      delay);
   if (!fb)
     return give_up(d, r->step, r->attempt, &e);
   rc = emit_failed(d, SAGA_EV_FALLBACK_FAILED, r->step, r->attempt, &e, true);
-  return rc != SK_OK ? rc
-                     : fail_final(d, r->step, d->cur.steps[r->step].attempts,
-                                  &e);
+  return rc != SK_OK
+             ? rc
+             : fail_final(d, r->step, d->cur.steps[r->step].attempts, &e);
 }
 
 /* ---- compensation results ------------------------------------------------ */
@@ -654,9 +670,9 @@ int saga_decide_start(const def_workflow *wf, const char *new_id,
     cJSON_Delete(in);
     return rc;
   }
-  rc = emit(&d, SAGA_EV_SAGA_STARTED, -1, 0,
-            start_payload(&d, new_id, in, idempotency_key, replay_of,
-                          deadline));
+  rc =
+      emit(&d, SAGA_EV_SAGA_STARTED, -1, 0,
+           start_payload(&d, new_id, in, idempotency_key, replay_of, deadline));
   if (rc == SK_OK)
     rc = d.n_flat > 0 ? schedule_forward(&d, 0) : complete_saga(&d);
   return finish(&d, rc);
@@ -744,8 +760,7 @@ int saga_decide_breaker_open(const def_workflow *wf, const saga_state *st,
   if (!running_forward(&d) || stopping(&d) ||
       s->status != STEP_STATUS_SCHEDULED || s->fb_attempts != 0)
     return finish(&d, SK_ESTATE);
-  serr e = {"BreakerOpen", "circuit breaker open; running the fallback",
-            false};
+  serr e = {"BreakerOpen", "circuit breaker open; running the fallback", false};
   rc = add_cancel(&d, step);
   if (rc == SK_OK)
     rc = emit_failed(&d, SAGA_EV_STEP_FAILED, step, s->attempts, &e, false);

@@ -40,8 +40,8 @@ typedef struct flat_step {
 typedef struct dctx {
   const def_workflow *wf;
   const saga_state *given; /* the state the decision starts from */
-  saga_state cur;   /* the state after this decision's events so far */
-  flat_step *flat;  /* wf's steps by flat index */
+  saga_state cur;          /* the state after this decision's events so far */
+  flat_step *flat;         /* wf's steps by flat index */
   size_t n_flat;
   const char *node;
   int64_t now;

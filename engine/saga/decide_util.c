@@ -31,14 +31,14 @@ static size_t count_steps(const def_step *steps, size_t n) {
   for (size_t i = 0; i < n; i++) {
     c++;
     for (size_t b = 0; b < steps[i].n_branches; b++)
-      c += count_steps(steps[i].branches[b].steps,
-                       steps[i].branches[b].n_steps);
+      c +=
+          count_steps(steps[i].branches[b].steps, steps[i].branches[b].n_steps);
   }
   return c;
 }
 
-static void fill_flat(flat_step *f, size_t *k, const def_step *steps,
-                      size_t n, int parent, int branch) {
+static void fill_flat(flat_step *f, size_t *k, const def_step *steps, size_t n,
+                      int parent, int branch) {
   for (size_t i = 0; i < n; i++) {
     int me = (int)(*k)++;
     f[me].def = &steps[i];
@@ -111,8 +111,7 @@ static bool grow(void **arr, size_t *cap, size_t n, size_t size) {
   return true;
 }
 
-int emit(dctx *d, saga_event_type type, int step, int attempt,
-                cJSON *payload) {
+int emit(dctx *d, saga_event_type type, int step, int attempt, cJSON *payload) {
   saga_decision *o = d->out;
   char *text = payload != NULL ? cJSON_PrintUnformatted(payload) : NULL;
   cJSON_Delete(payload);
@@ -178,19 +177,18 @@ cJSON *err_json(const serr *e) {
 }
 
 int emit_err(dctx *d, saga_event_type type, int step, int attempt,
-                    const char *key, const serr *e) {
+             const char *key, const serr *e) {
   return emit(d, type, step, attempt,
               add(cJSON_CreateObject(), key, err_json(e)));
 }
 
 int emit_failed(dctx *d, saga_event_type type, int step, int attempt,
-                       const serr *e, bool final) {
+                const serr *e, bool final) {
   cJSON *p = add(cJSON_CreateObject(), "error", err_json(e));
   return emit(d, type, step, attempt, add(p, "final", cJSON_CreateBool(final)));
 }
 
-int emit_at(dctx *d, saga_event_type type, int step, int attempt,
-                   int64_t at) {
+int emit_at(dctx *d, saga_event_type type, int step, int attempt, int64_t at) {
   return emit(d, type, step, attempt,
               add(cJSON_CreateObject(), "available_at_ms", json_num(at)));
 }
@@ -272,17 +270,27 @@ static int render(dctx *d, const char *tmpl, int attempt, char **out) {
   return RENDER_FAILED;
 }
 
-/* An http action's request: {"method","url","headers","body"}; the url is
- * always a string, even if its template is a lone reference to a number. */
+/* An http action's request: {"method","url","headers","body"[,
+ * "success_codes"]}; the url is always a string, even if its template is a
+ * lone reference to a number. */
 static int render_http(dctx *d, const def_http *h, int attempt, char **out) {
   buf b = BUF_INIT;
   buf_puts(&b, "{\"method\":");
   buf_json_str(&b, h->method ? h->method : "GET");
   buf_puts(&b, ",\"url\":");
   buf_json_str(&b, h->url ? h->url : "");
-  buf_printf(&b, ",\"headers\":%s,\"body\":%s}",
+  buf_printf(&b, ",\"headers\":%s,\"body\":%s",
              h->headers_json ? h->headers_json : "{}",
              h->body_json ? h->body_json : "null");
+  /* The statuses that count as success travel with the request, so the
+   * executor needs no definition. */
+  if (h->n_success_codes > 0) {
+    buf_puts(&b, ",\"success_codes\":[");
+    for (size_t i = 0; i < h->n_success_codes; i++)
+      buf_printf(&b, "%s%d", i ? "," : "", h->success_codes[i]);
+    buf_putc(&b, ']');
+  }
+  buf_putc(&b, '}');
   if (!buf_ok(&b)) {
     buf_free(&b);
     return SK_ENOMEM;
@@ -334,7 +342,6 @@ static int task_input(dctx *d, int i, task_kind kind, const def_action *a,
   *out = strdup(d->cur.input ? d->cur.input : "{}");
   return *out != NULL ? SK_OK : SK_ENOMEM;
 }
-
 
 int build_task(dctx *d, int i, task_kind kind, int attempt, int64_t base_at,
                saga_task *t) {

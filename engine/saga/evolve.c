@@ -8,6 +8,17 @@
  * that cannot fail. So an event that is refused leaves the state exactly as
  * it was, and the sequence number only moves on success.
  *
+ * Parallel groups (saga.h "flattening"): SagaStarted carries the tree
+ * (parents/branches) so every rule here works from events alone. A step may
+ * start when the step before it in its sequence completed, or, first in a
+ * branch, when its group runs; several steps may be in flight, so forward
+ * events name their step and attempt rather than follow the cursor. Once a
+ * step failed for good while the saga still runs forward, nothing new may
+ * start or retry (the siblings drain); a group ends (completed / failed)
+ * only when nothing under it runs. Fallbacks: FallbackScheduled moves an
+ * in-flight step to its fallback (fb_attempts > 0); from then on only
+ * fallback attempts and the step's final StepFailed are accepted.
+ *
  * JSON values (input, outputs, errors) are stored as compact cJSON text, so
  * equal payloads always give byte-equal state text; JSON null is stored as
  * NULL.

@@ -94,7 +94,8 @@ typedef enum step_status {
  *  StepCompleted          step, attempt; {"output","by_fallback":bool}
  *                          by_fallback: the step's fallback succeeded;
  *                          attempt is then the fallback's attempt. A group
- *                          completes with attempt 1 and output null.
+ *                          completes with attempt 1 and as output the
+ *                          object {name: output} of its branches' steps.
  *  StepFailed             step, attempt; {"error":{type,message,retryable},
  *                          "final":bool}  final = the step failed for good;
  *                          attempt 0 = failed before it was ever scheduled
@@ -284,7 +285,9 @@ typedef struct saga_decision {
    * stop: set tasks.cancel_requested and, if not leased, make them due now
    * (a cancel, or a failure in a parallel branch stopping its siblings).
    * saga_decide_breaker_open lists the step whose waiting forward task the
-   * caller must delete. Ascending, no duplicates; NULL when none. */
+   * caller must delete. Ascending, no duplicates; NULL when none. A step
+   * running its fallback may be listed too: its fallback task (kind
+   * fallback) is then left to finish, and its result is taken as it comes. */
   int *cancel_steps;
   size_t n_cancel_steps;
 } saga_decision;
@@ -347,7 +350,9 @@ typedef struct saga_replay {
 
 /* Replay in place: `failed` → reschedule the stuck compensation (attempts
  * counted afresh); `paused` → resume forward at the failed step or at
- * from_step (an earlier step; steps from there on are re-run). Other
+ * from_step (an earlier top-level step, else SK_EINVAL; steps from there on
+ * are re-run, and a parallel group runs again whole — its completed branch
+ * steps too, under the same idempotency keys). Other
  * statuses → SK_ESTATE (compensated/cancelled sagas are replayed as a new
  * run by the caller, linked with saga_decide_link). */
 int saga_decide_replay(const def_workflow *wf, const saga_state *st,

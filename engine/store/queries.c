@@ -356,6 +356,7 @@ int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
   PGresult *r = query(c,
                       "SELECT id::text FROM sagas WHERE status = $1 "
                       "AND ($2::text IS NULL OR workflow = $2) "
+                      "AND state->>'replayed_by' IS NULL "
                       "ORDER BY id LIMIT $3::int",
                       3, p, "could not select sagas", &rc, err);
   if (r == NULL)

@@ -68,8 +68,9 @@ int queries_list_sagas(PGconn *c, const char *status, const char *workflow,
                        int limit, const char *cursor, char **json,
                        sk_error *err);
 
-/* Ids of sagas in `status` (optionally of `workflow`), oldest first, at
- * most limit; *ids is a malloc'd array of SK_ID_LEN strings. */
+/* Ids of sagas in `status` (optionally of `workflow`) that have not been
+ * replayed as a new run yet, oldest first, at most limit; *ids is a
+ * malloc'd array of SK_ID_LEN strings. */
 int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
                      int limit, char (**ids)[37], size_t *n, sk_error *err);
 

@@ -515,6 +515,8 @@ static int replay_new_run(attempt *a, touched *old, store_op *op,
                           const def_workflow *wf, const store_env *env) {
   if (op->from_step != NULL || op->step_input != NULL)
     return SK_EINVAL; /* those resume a paused saga in place */
+  if (old->st.replayed_by != NULL)
+    return SK_ESTATE; /* replayed already: replay its new run instead */
   store_op start;
   memset(&start, 0, sizeof(start));
   start.type = STORE_OP_START;
@@ -843,7 +845,7 @@ static int write_cancels(PGconn *c, writes *w, sk_error *err) {
       "available_at = CASE WHEN t.lease_token IS NULL THEN now() "
       "ELSE t.available_at END "
       "FROM unnest($1::uuid[], $2::int[]) AS x(s, st) "
-      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = 0",
+      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind IN (0, 2)",
       2, p, "could not mark tasks cancelled", err);
   w->notify = true;
   return rc;

@@ -22,13 +22,13 @@ static int read_leased(PGconn *c, PGresult *r, leased_task **out,
 /* Lanes travel as parallel arrays; a lane's types are a comma-joined,
  * array-literal string so that one statement serves every lane. */
 typedef struct lane_params {
-  pgarr bulkhead, types, sleeps, limits;
+  pgarr bulkhead, types, kinds, limits;
 } lane_params;
 
 static int build_lanes(const dequeue_lane *lanes, size_t n, lane_params *p) {
   pgarr_init(&p->bulkhead);
   pgarr_init(&p->types);
-  pgarr_init(&p->sleeps);
+  pgarr_init(&p->kinds);
   pgarr_init(&p->limits);
   for (size_t i = 0; i < n; i++) {
     pgarr t;
@@ -38,14 +38,14 @@ static int build_lanes(const dequeue_lane *lanes, size_t n, lane_params *p) {
     const char *lit = pgarr_get(&t);
     pgarr_add_str(&p->bulkhead, lanes[i].bulkhead);
     pgarr_add_str(&p->types, lit != NULL ? lit : "{}");
-    pgarr_add_bool(&p->sleeps, lanes[i].sleeps);
+    pgarr_add_i64(&p->kinds, lanes[i].kind);
     pgarr_add_i64(&p->limits, lanes[i].limit);
     pgarr_free(&t);
     if (lit == NULL)
       return SK_ENOMEM;
   }
   if (!pgarr_get(&p->bulkhead) || !pgarr_get(&p->types) ||
-      !pgarr_get(&p->sleeps) || !pgarr_get(&p->limits))
+      !pgarr_get(&p->kinds) || !pgarr_get(&p->limits))
     return SK_ENOMEM;
   return SK_OK;
 }
@@ -53,7 +53,7 @@ static int build_lanes(const dequeue_lane *lanes, size_t n, lane_params *p) {
 static void free_lanes(lane_params *p) {
   pgarr_free(&p->bulkhead);
   pgarr_free(&p->types);
-  pgarr_free(&p->sleeps);
+  pgarr_free(&p->kinds);
   pgarr_free(&p->limits);
 }
 
@@ -73,17 +73,18 @@ int taskqueue_dequeue(PGconn *c, const char *node, int lease_ttl_ms,
   char ttl[32];
   snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
   const char *params[6] = {pgarr_get(&lp.bulkhead), pgarr_get(&lp.types),
-                           pgarr_get(&lp.sleeps),   pgarr_get(&lp.limits),
+                           pgarr_get(&lp.kinds),    pgarr_get(&lp.limits),
                            node,                    ttl};
   PGresult *r = PQexecParams(
       c,
       "WITH lanes AS (SELECT * FROM unnest($1::text[], $2::text[], "
-      "  $3::bool[], $4::int[]) AS l(bh, types, sleeps, lim)), "
+      "  $3::int[], $4::int[]) AS l(bh, types, kind, lim)), "
       "picked AS (SELECT p.saga_id, p.step, p.kind FROM lanes, LATERAL ("
       "  SELECT saga_id, step, kind FROM tasks "
-      "  WHERE ((NOT lanes.sleeps AND bulkhead = lanes.bh AND action = 'task' "
-      "          AND task_type = ANY(lanes.types::text[])) "
-      "      OR (lanes.sleeps AND action = 'sleep')) "
+      "  WHERE ((lanes.kind IN (0, 1) AND bulkhead = lanes.bh "
+      "          AND action = 'task' AND task_type = ANY(lanes.types::text[])) "
+      "      OR (lanes.kind = 1 AND bulkhead = lanes.bh AND action = 'http') "
+      "      OR (lanes.kind = 2 AND action = 'sleep')) "
       "    AND available_at <= now() "
       "  ORDER BY available_at LIMIT lanes.lim FOR UPDATE SKIP LOCKED) p) "
       "UPDATE tasks t SET lease_owner = $5, "

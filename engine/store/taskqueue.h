@@ -21,11 +21,18 @@
 #include "common/err.h"
 #include "store/sagastore.h"
 
+typedef enum dequeue_kind {
+  DEQUEUE_TASKS = 0,           /* action task of the given types */
+  DEQUEUE_WORK = 1,            /* those, and http tasks (run by the engine
+                                  itself), under one limit */
+  DEQUEUE_SLEEPS = 2           /* due durable timers, any bulkhead */
+} dequeue_kind;
+
 typedef struct dequeue_lane {
-  const char *bulkhead;        /* NULL with sleeps = any bulkhead */
-  const char *const *types;    /* task types runnable here (action task) */
+  dequeue_kind kind;
+  const char *bulkhead;        /* ignored for sleeps */
+  const char *const *types;    /* DEQUEUE_TASKS: types runnable here */
   size_t n_types;
-  bool sleeps;                 /* lease due sleep tasks instead of types */
   int limit;
 } dequeue_lane;
 

@@ -181,7 +181,8 @@ int sk_saga_replay(sk_engine *e, const char *saga_id,
     else if (op.rc == SK_ESTATE)
       rc = sk_error_set(err, SK_ESTATE,
                         "saga %s is %s: only failed, paused, compensated and "
-                        "cancelled sagas can be replayed",
+                        "cancelled sagas can be replayed, and a compensated "
+                        "or cancelled one only once (replay its new run)",
                         saga_id, sk_status_name((sk_status)op.status));
     else if (op.rc == SK_EINVAL)
       rc = sk_error_set(err, SK_EINVAL,

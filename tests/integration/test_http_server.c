@@ -121,7 +121,11 @@ static void *loop_main(void *arg) {
   return NULL;
 }
 
-static void on_stopped(http_server *s, void *ud) { ((harness *)ud)->stopped = true; }
+static void on_flag(http_server *s, void *ud) { *(bool *)ud = true; }
+
+static void on_stopped(http_server *s, void *ud) {
+  ((harness *)ud)->stopped = true;
+}
 
 static void on_stop_async(uv_async_t *a) {
   harness *h = a->data;
@@ -136,8 +140,8 @@ static void harness_start(harness *h, const http_server_config *cfg) {
   cr_assert_eq(router_new(&h->routes), 0);
   cr_assert_eq(router_add(h->routes, HTTP_GET, "/health", health, h), 0);
   cr_assert_eq(router_add(h->routes, HTTP_GET, "/v1/items/{id}", item, h), 0);
-  cr_assert_eq(router_add(h->routes, HTTP_GET, "/v1/sagas/{id}/events",
-                          events, h), 0);
+  cr_assert_eq(
+      router_add(h->routes, HTTP_GET, "/v1/sagas/{id}/events", events, h), 0);
   cr_assert_eq(router_add(h->routes, HTTP_POST, "/v1/echo", echo_json, h), 0);
   cr_assert_eq(http_server_new(&h->loop, cfg, h->routes, &h->srv), 0);
   sk_error err;
@@ -354,6 +358,12 @@ Test(http_server, keep_alive_100_requests) {
     cr_assert(!r.close);
     cr_assert_not_null(strcasestr(r.headers, "Connection: keep-alive"));
   }
+  /* An idle keep-alive connection is closed after idle_timeout_ms. */
+  uint64_t t0 = uv_hrtime();
+  cr_assert(reads_eof(&c), "idle keep-alive connection not closed");
+  uint64_t waited_ms = (uv_hrtime() - t0) / 1000000;
+  cr_expect(waited_ms >= 800 && waited_ms < 3000, "closed after %llu ms",
+            (unsigned long long)waited_ms);
   client_close(&c);
   harness_stop(&h);
 }
@@ -476,8 +486,10 @@ static void build_long_url_unterminated(buf *b) {
 }
 
 static void json_body(buf *b, const char *json, size_t len) {
-  buf_printf(b, "POST /v1/echo HTTP/1.1\r\nHost: t\r\nContent-Type: "
-                "application/json\r\nContent-Length: %zu\r\n\r\n", len);
+  buf_printf(b,
+             "POST /v1/echo HTTP/1.1\r\nHost: t\r\nContent-Type: "
+             "application/json\r\nContent-Length: %zu\r\n\r\n",
+             len);
   buf_append(b, json, len);
 }
 
@@ -508,7 +520,7 @@ static void build_json_brace_in_string(buf *b) {
   json_body(b, "{\"a\":\"]]]\"}", 11);
 }
 
-
+/* clang-format off */
 static const hostile table[] = {
     /* request line */
     {"garbage request line", "HELLO\r\n\r\n", 0, NULL, NULL, SEND_ALL, 400, "bad_request", true},
@@ -581,6 +593,7 @@ static const hostile table[] = {
     {"half-closed mid request", "GET /health HTTP/1.1\r\nHo", 0, NULL, NULL, SEND_HALFCLOSE, 0, NULL, true},
     {"empty then half-closed", "", 0, NULL, NULL, SEND_HALFCLOSE, 0, NULL, true},
 };
+/* clang-format on */
 
 static void send_hostile(client *c, const hostile *e, const char *p, size_t n) {
   switch (e->kind) {
@@ -629,8 +642,8 @@ static void run_hostile(int port, const hostile *e) {
   cr_expect_eq(r.status, e->status, "%s: status %d, want %d (%s)", e->name,
                r.status, e->status, r.body);
   if (e->code != NULL)
-    cr_expect(error_code_is(&r, e->code), "%s: body %s, want code %s",
-              e->name, r.body, e->code);
+    cr_expect(error_code_is(&r, e->code), "%s: body %s, want code %s", e->name,
+              r.body, e->code);
   if (e->closes) {
     if (r.status >= 400)
       cr_expect(r.close, "%s: no Connection: close", e->name);
@@ -749,6 +762,29 @@ Test(http_server, stop_timeout_orphans_deferred_requests) {
   router_free(h.routes);
 }
 
+Test(http_server, listens_on_ipv6_loopback) {
+  uv_loop_t loop;
+  router *r;
+  http_server *s;
+  sk_error err;
+  cr_assert_eq(uv_loop_init(&loop), 0);
+  cr_assert_eq(router_new(&r), 0);
+  cr_assert_eq(http_server_new(&loop, NULL, r, &s), 0);
+  int rc = http_server_listen(s, "[::1]:0", &err);
+  if (rc == 0)
+    cr_expect_gt(http_server_port(s), 0);
+  else /* a host without IPv6 still fails cleanly */
+    cr_expect_eq(rc, SK_EIO, "%s", err.message);
+  bool stopped = false;
+  cr_assert_eq(http_server_stop(s, 100, on_flag, &stopped), 0);
+  cr_expect_eq(http_server_stop(s, 100, on_flag, &stopped), SK_ESTATE);
+  cr_expect_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  cr_expect(stopped);
+  http_server_free(s);
+  router_free(r);
+  cr_expect_eq(uv_loop_close(&loop), 0);
+}
+
 Test(http_server, listen_errors) {
   struct sockaddr_storage ss;
   sk_error err;
@@ -757,13 +793,22 @@ Test(http_server, listen_errors) {
   cr_expect_eq(http_parse_listen("[::1]:0", &ss, &err), 0);
   cr_expect_eq(ss.ss_family, AF_INET6);
   cr_expect_eq(http_parse_listen("localhost:80", &ss, &err), 0);
-  const char *bad[] = {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:70000",
-                       "127.0.0.1:-1", "127.0.0.1:+5", "127.0.0.1:12x",
-                       "::1:80", "[::1]80", "[::1", "[127.0.0.1]:80",
-                       "example.com:80", "300.1.1.1:80", ":80"};
+  const char *bad[] = {"",
+                       "127.0.0.1",
+                       "127.0.0.1:",
+                       "127.0.0.1:70000",
+                       "127.0.0.1:-1",
+                       "127.0.0.1:+5",
+                       "127.0.0.1:12x",
+                       "::1:80",
+                       "[::1]80",
+                       "[::1",
+                       "[127.0.0.1]:80",
+                       "example.com:80",
+                       "300.1.1.1:80",
+                       ":80"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    cr_expect_eq(http_parse_listen(bad[i], &ss, &err), SK_EINVAL, "%s",
-                 bad[i]);
+    cr_expect_eq(http_parse_listen(bad[i], &ss, &err), SK_EINVAL, "%s", bad[i]);
     cr_expect_neq(err.message[0], '\0', "%s: no message", bad[i]);
   }
   /* A port already in use is a clear SK_EIO. */
@@ -822,16 +867,21 @@ Test(http_server, router_table) {
   cr_expect_eq(router_add(r, HTTP_GET, "/a//b", noop, r), SK_EINVAL);
   cr_expect_eq(router_add(r, HTTP_GET, "/a/{x", noop, r), SK_EINVAL);
   cr_expect_eq(router_match_path(r, HTTP_GET, "/v1/sagas/a%20b/events", scratch,
-                                 sizeof(scratch), &m), 0);
+                                 sizeof(scratch), &m),
+               0);
   cr_expect_eq(m.nparams, 1);
+  cr_expect_str_eq(m.params[0].key, "id");
   cr_expect_str_eq(m.params[0].value, "a b");
   cr_expect_eq(router_match_path(r, HTTP_DELETE, "/v1/sagas/x/events", scratch,
-                                 sizeof(scratch), &m), SK_ENOTSUP);
+                                 sizeof(scratch), &m),
+               SK_ENOTSUP);
   cr_expect_str_eq(m.allow, "GET, POST");
   cr_expect_eq(router_match_path(r, HTTP_GET, "/v1/sagas//events", scratch,
-                                 sizeof(scratch), &m), SK_ENOENT);
+                                 sizeof(scratch), &m),
+               SK_ENOENT);
   cr_expect_eq(router_match_path(r, HTTP_GET, "/v1/sagas/%2e%2e/events",
-                                 scratch, sizeof(scratch), &m), SK_EINVAL);
+                                 scratch, sizeof(scratch), &m),
+               SK_EINVAL);
   router_kv kv[4];
   char qs[64];
   const char *q = "a=1&b=x%20y+z&&c&d=%e2%82%ac";

@@ -177,6 +177,12 @@ static int replay(run *r, const char *from, const char *input) {
   return rc;
 }
 
+/* The one step a decision tells to stop, -1 if none. */
+static int cancel_of(const saga_decision *d) {
+  cr_assert_leq(d->n_cancel_steps, 1);
+  return d->n_cancel_steps ? d->cancel_steps[0] : -1;
+}
+
 /* The event types of the last decision, "A,B,C". */
 static const char *types(run *r) {
   static char s[1024];
@@ -268,7 +274,7 @@ Test(decide_start, started_and_first_step_scheduled) {
   cr_expect_str_eq(t->bulkhead, "default");
   cr_expect_eq(t->available_at_ms, T0);
   cr_expect_eq(t->timeout_ms, DEF_DEFAULT_TIMEOUT_MS);
-  cr_expect_eq(r.d.cancel_step, -1);
+  cr_expect_eq(cancel_of(&r.d), -1);
   cr_expect_str_eq(r.st.id, SAGA_ID);
   cr_expect_eq(r.st.status, SAGA_STATUS_RUNNING);
   cr_expect_eq(r.st.steps[0].status, STEP_STATUS_SCHEDULED);
@@ -311,13 +317,16 @@ Test(decide_start, refuses_bad_input_and_unsupported_steps) {
                SK_EINVAL);
   cr_expect_eq(saga_decide_start(wf, NULL, "{}", NULL, NULL, T0, &rng, &d),
                SK_EINVAL);
+  /* a fallback must be a task or an http call */
   wf->steps[1].fallback = calloc(1, sizeof(def_action));
+  wf->steps[1].fallback->kind = DEF_KIND_SLEEP;
   cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d),
                SK_ENOTSUP);
   cr_expect_eq(d.n_events, 0);
   def_action_clear(wf->steps[1].fallback);
   free(wf->steps[1].fallback);
   wf->steps[1].fallback = NULL;
+  /* a parallel step without branches */
   wf->steps[1].action.kind = DEF_KIND_PARALLEL;
   cr_expect_eq(saga_decide_start(wf, SAGA_ID, "{}", NULL, NULL, T0, &rng, &d),
                SK_ENOTSUP);
@@ -994,14 +1003,14 @@ Test(decide_cancel, running_step_in_flight_then_success) {
   cr_assert_eq(cancel(&r, "user asked"), SK_OK);
   expect_types(&r, "CancelRequested");
   expect_field(&r, 0, "reason", "\"user asked\"");
-  cr_expect_eq(r.d.cancel_step, 1);
+  cr_expect_eq(cancel_of(&r.d), 1);
   cr_expect_eq(r.d.n_tasks, 0);
   cr_expect(r.st.cancel_requested);
   cr_expect_eq(r.st.status, SAGA_STATUS_RUNNING);
   /* idempotent */
   cr_expect_eq(cancel(&r, "again"), SK_OK);
   cr_expect_eq(r.d.n_events, 0);
-  cr_expect_eq(r.d.cancel_step, -1);
+  cr_expect_eq(cancel_of(&r.d), -1);
   ok_fwd(&r, 1, 1, "{}");
   expect_types(&r, "StepCompleted,CompensationStarted,CompensationScheduled");
   cJSON *p = payload(&r, 1);
@@ -1041,7 +1050,7 @@ Test(decide_cancel, failure_after_cancel_is_not_retried) {
   ok_fwd(&r, 0, 1, "{}");
   fail_fwd(&r, 1, 1, "Flaky", true);
   cr_assert_eq(cancel(&r, "stop"), SK_OK);
-  cr_expect_eq(r.d.cancel_step, 1); /* its retry is queued */
+  cr_expect_eq(cancel_of(&r.d), 1); /* its retry is queued */
   fail_fwd(&r, 1, 2, "Flaky", true);
   expect_types(&r, "StepFailed,CompensationStarted,CompensationScheduled");
   expect_field(&r, 0, "final", "true");
@@ -1069,7 +1078,7 @@ Test(decide_cancel, while_compensating) {
   fail_fwd(&r, 2, 1, "Fatal", false);
   cr_assert_eq(cancel(&r, "x"), SK_OK);
   expect_types(&r, "CancelRequested");
-  cr_expect_eq(r.d.cancel_step, -1);
+  cr_expect_eq(cancel_of(&r.d), -1);
   cr_expect_eq(r.d.n_tasks, 0);
   ok_comp(&r, 1, 1);
   ok_comp(&r, 0, 1);
@@ -1087,7 +1096,7 @@ Test(decide_cancel, paused_compensates_at_once) {
       &r, 1, "reason",
       "{\"type\":\"Cancelled\",\"message\":\"give up\",\"retryable\":false}");
   cr_expect_eq(r.d.events[2].step, 2);
-  cr_expect_eq(r.d.cancel_step, -1);
+  cr_expect_eq(cancel_of(&r.d), -1);
   ok_comp(&r, 2, 1);
   ok_comp(&r, 1, 1);
   ok_comp(&r, 0, 1);
@@ -1389,7 +1398,7 @@ static char *decision_text(const saga_decision *d) {
         (long long)t->available_at_ms, (long long)t->timeout_ms, t->gpus,
         (long long)t->gpu_memory_mb);
   }
-  snprintf(s + n, cap - n, "C%d", d->cancel_step);
+  snprintf(s + n, cap - n, "C%d", cancel_of(d));
   return s;
 }
 

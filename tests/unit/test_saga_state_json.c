@@ -75,7 +75,13 @@ static void fill(saga_state *st) {
   st->steps[0].scheduled_ms = 11;
   st->steps[0].finished_ms = 12;
   st->steps[0].available_at_ms = 13;
+  st->steps[0].parent = -1;
+  st->steps[0].branch = -1;
+  st->steps[0].fb_attempts = 1;
+  st->steps[0].finished_seq = 8;
   st->steps[1].name = strdup("b");
+  st->steps[1].parent = 0;
+  st->steps[1].branch = 1;
   st->steps[1].status = STEP_STATUS_FAILED;
   st->steps[1].output = strdup("\"text\"");
 }
@@ -96,18 +102,18 @@ Test(state_json, full_state_exact_text_and_round_trip) {
       "1700000000123,"
       "\"deadline_ms\":1700000600000,\"last_seq\":9,\"cancel_requested\":true,"
       "\"replay_of\":\"old\",\"replayed_by\":null,\"steps\":["
-      "{\"name\":\"a\",\"status\":\"compensating\",\"attempts\":2,\"comp_"
-      "attempts\":4,"
+      "{\"name\":\"a\",\"status\":\"compensating\",\"parent\":-1,"
+      "\"branch\":-1,\"attempts\":2,\"comp_attempts\":4,\"fb_attempts\":1,"
       "\"output\":{\"id\":7},\"error\":{\"type\":\"Flaky\"},\"comp_error\":{"
       "\"type\":\"Down\"},"
       "\"input_override\":[true],\"by_fallback\":true,\"scheduled_ms\":11,"
-      "\"finished_ms\":12,\"available_at_ms\":13},"
-      "{\"name\":\"b\",\"status\":\"failed\",\"attempts\":0,\"comp_attempts\":"
-      "0,"
+      "\"finished_ms\":12,\"finished_seq\":8,\"available_at_ms\":13},"
+      "{\"name\":\"b\",\"status\":\"failed\",\"parent\":0,\"branch\":1,"
+      "\"attempts\":0,\"comp_attempts\":0,\"fb_attempts\":0,"
       "\"output\":\"text\",\"error\":null,\"comp_error\":null,\"input_"
       "override\":null,"
-      "\"by_fallback\":false,\"scheduled_ms\":0,\"finished_ms\":0,\"available_"
-      "at_ms\":0}]}");
+      "\"by_fallback\":false,\"scheduled_ms\":0,\"finished_ms\":0,"
+      "\"finished_seq\":0,\"available_at_ms\":0}]}");
   saga_state back;
   cr_assert_eq(saga_state_from_json(s, &back), SK_OK);
   cr_expect_str_eq(back.id, st.id);
@@ -121,6 +127,11 @@ Test(state_json, full_state_exact_text_and_round_trip) {
   cr_expect_str_eq(back.steps[1].output, "\"text\"");
   cr_expect_null(back.steps[1].error);
   cr_expect(back.steps[0].by_fallback);
+  cr_expect_eq(back.steps[0].parent, -1);
+  cr_expect_eq(back.steps[1].parent, 0);
+  cr_expect_eq(back.steps[1].branch, 1);
+  cr_expect_eq(back.steps[0].fb_attempts, 1);
+  cr_expect_eq(back.steps[0].finished_seq, 8);
   cr_expect(back.cancel_requested);
   cr_expect_eq(back.deadline_ms, 1700000600000);
   char *again = to_json(&back);
@@ -227,6 +238,8 @@ Test(state_json, absent_optional_keys_take_defaults) {
                    &st),
                SK_OK);
   cr_expect_eq(st.status, SAGA_STATUS_PAUSED);
+  cr_expect_eq(st.steps[0].parent, -1); /* top level unless told */
+  cr_expect_eq(st.steps[0].branch, -1);
   cr_expect_eq(st.cursor, -1);
   cr_expect_eq(st.n_steps, 1);
   cr_expect_eq(st.steps[0].status, STEP_STATUS_FAILED);
