@@ -198,6 +198,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   d->stopping = true;
   log_write(LOG_INFO, "shutting down", "signal",
             signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+  engine_close_polls(d->engine); /* waiting workers get their answer now */
   if (http_server_stop(d->http, 10000, http_stopped, d) != SK_OK)
     http_stopped(d->http, d);
 }

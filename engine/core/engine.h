@@ -135,6 +135,7 @@ struct sk_engine {
   exec_job *done;
   api_op *api_head, *api_tail;
   _Atomic engine_state state;
+  atomic_bool polls_closed;       /* long polls answer at once (shutdown) */
   bool loop_running;
   pthread_t thread;
   bool thread_started;
@@ -191,6 +192,10 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
  * and adds a copy to the registry. */
 int engine_register_def(struct sk_engine *e, const def_workflow *src,
                         bool *created, sk_error *err);
+
+/* Makes waiting and future long polls return at once, empty: called first
+ * on shutdown so a remote worker's poll never holds the daemon up. */
+void engine_close_polls(struct sk_engine *e);
 
 /* ---- loop (loop.c) ---- */
 int loop_init(struct sk_engine *e);

@@ -98,7 +98,7 @@ int remote_poll(struct sk_engine *e, const remote_poll_req *req,
                                    req->n_task_types, req->max, out, n_out,
                                    err);
     pthread_mutex_unlock(&e->q_mu);
-    if (rc != SK_OK || *n_out > 0)
+    if (rc != SK_OK || *n_out > 0 || atomic_load(&e->polls_closed))
       return rc;
     int64_t left = end - clock_mono_ms();
     if (left <= 0)
@@ -107,6 +107,14 @@ int remote_poll(struct sk_engine *e, const remote_poll_req *req,
      * 250 ms. */
     wait_for_news(e, gen, left < 250 ? left : 250);
   }
+}
+
+void engine_close_polls(struct sk_engine *e) {
+  atomic_store(&e->polls_closed, true);
+  pthread_mutex_lock(&e->mu);
+  e->gen++;
+  pthread_cond_broadcast(&e->gen_cv);
+  pthread_mutex_unlock(&e->mu);
 }
 
 int remote_heartbeat(struct sk_engine *e, const char *task_id, int64_t token,

@@ -53,11 +53,12 @@ void job_free(exec_job *j) {
   free(j);
 }
 
+/* impl is the attempt's cancel flag, for in-process jobs and remote
+ * workers alike. */
 bool sk_task_cancelled(const sk_task *t) {
   if (t == NULL || t->impl == NULL)
     return false;
-  const exec_job *j = t->impl;
-  return atomic_load(&((exec_job *)j)->cancel);
+  return atomic_load((atomic_bool *)t->impl);
 }
 
 /* Records a refused output as a non-retryable failure, so a handler that
@@ -129,7 +130,7 @@ void job_run(pool_link *link, void *ud) {
                  .attempt = j->task.lease.attempt,
                  .is_compensation = j->task.lease.kind == TASK_KIND_COMP,
                  .deadline_ms = j->deadline_wall_ms,
-                 .impl = j};
+                 .impl = &j->cancel};
     int rc = j->h->fn(&t, &j->result, j->h->udata);
     if (!j->result.set) {
       if (rc == 0)

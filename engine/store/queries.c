@@ -92,7 +92,11 @@ int queries_saga_state(PGconn *c, const char *id, char **state_json,
                        saga_status *status, sk_error *err) {
   const char *p[1] = {id};
   int rc;
-  PGresult *r = query(c, "SELECT state::text, status FROM sagas WHERE id = $1",
+  /* A status check (sk_saga_wait polls it) must not ship the whole state. */
+  PGresult *r = query(c,
+                      state_json != NULL
+                          ? "SELECT state::text, status FROM sagas WHERE id = $1"
+                          : "SELECT NULL, status FROM sagas WHERE id = $1",
                       1, p, "could not read saga", &rc, err);
   if (r == NULL)
     return rc;

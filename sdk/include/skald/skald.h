@@ -195,7 +195,7 @@ typedef struct sk_task {
   int attempt;             /* 1-based */
   bool is_compensation;
   int64_t deadline_ms;     /* wall clock (ms since epoch) the attempt ends */
-  const void *impl;        /* engine private */
+  const void *impl;        /* private: the attempt's cancel flag */
 } sk_task;
 
 /* What a handler reports. Fill it with sk_result_ok / sk_result_error. */
@@ -382,6 +382,41 @@ SK_EXPORT int sk_saga_get_json(sk_engine *e, const char *saga_id,
 /* The saga's events with seq > after_seq, in order, as a JSON array. */
 SK_EXPORT int sk_saga_events_json(sk_engine *e, const char *saga_id,
                                   int64_t after_seq, char **json_out);
+
+/* ------------------------------------------------------------------------ */
+/* Remote workers                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A remote worker runs task handlers for a Skald daemon over HTTP
+ * (POST /v1/tasks/poll, heartbeat, complete, fail), with no database
+ * access. Handlers are the same sk_task_fn as in-process ones. While a
+ * handler runs, its lease is renewed; if the lease is lost or the saga is
+ * cancelled, sk_task_cancelled() turns true and its result is refused by
+ * the daemon (fencing). */
+typedef struct sk_worker sk_worker;
+
+typedef struct sk_worker_options {
+  const char *url;        /* the daemon, e.g. "http://127.0.0.1:7070" */
+  const char *api_key;    /* NULL when the daemon requires none */
+  const char *worker_id;  /* NULL → "<hostname>-<pid>" */
+  int concurrency;        /* handler threads; default 4 */
+  int poll_wait_ms;       /* long-poll wait; default 10000 */
+  int log_level;          /* as sk_engine_options; default 2 */
+} sk_worker_options;
+
+SK_EXPORT void sk_worker_options_init(sk_worker_options *o);
+/* Errors: SK_EINVAL (no url, bad settings), SK_ENOMEM. */
+SK_EXPORT int sk_worker_new(const sk_worker_options *o, sk_worker **out,
+                            sk_error *err);
+/* Before sk_worker_run. Errors: SK_EINVAL, SK_EEXIST, SK_ESTATE. */
+SK_EXPORT int sk_worker_register_task(sk_worker *w, const char *task_type,
+                                      sk_task_fn fn, void *udata);
+/* Polls and runs tasks until sk_worker_stop(); returns SK_OK after a stop.
+ * A daemon that cannot be reached is retried with backoff. */
+SK_EXPORT int sk_worker_run(sk_worker *w);
+/* Asks run to return once running handlers finish (async-signal-safe). */
+SK_EXPORT int sk_worker_stop(sk_worker *w);
+SK_EXPORT void sk_worker_free(sk_worker *w);
 
 #ifdef __cplusplus
 }
