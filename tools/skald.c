@@ -32,6 +32,8 @@ typedef struct config {
   char *node_name;
   int lease_ttl_ms;
   int log_level;
+  int rate_limit;   /* requests per second per key; 0 = no limit */
+  int rate_burst;
 } config;
 
 typedef struct daemon {
@@ -67,6 +69,12 @@ static void usage(FILE *f) {
           "SKALD_LEASE_TTL_MS, 15000)\n"
           "  --log-level N        0 error, 1 warning, 2 info, 3 debug "
           "(default 2)\n"
+          "  --rate-limit N       requests per second per API key (env "
+          "SKALD_RATE_LIMIT,\n"
+          "                       default 200; 0 turns the limit off)\n"
+          "  --rate-burst N       requests a key may send at once (env "
+          "SKALD_RATE_BURST,\n"
+          "                       default twice the rate)\n"
           "  --help, --version\n");
 }
 
@@ -117,6 +125,8 @@ static int parse_args(int argc, char **argv, config *c) {
   const char *names[4] = {"--database-url", "--data-dir", "--listen",
                           "--node-name"};
   const char *ttl = getenv("SKALD_LEASE_TTL_MS");
+  const char *rate = getenv("SKALD_RATE_LIMIT");
+  const char *burst = getenv("SKALD_RATE_BURST");
   c->log_level = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -135,6 +145,14 @@ static int parse_args(int argc, char **argv, config *c) {
       }
     if (!known && strcmp(argv[i], "--lease-ttl-ms") == 0 && i + 1 < argc) {
       ttl = argv[++i];
+      known = true;
+    }
+    if (!known && strcmp(argv[i], "--rate-limit") == 0 && i + 1 < argc) {
+      rate = argv[++i];
+      known = true;
+    }
+    if (!known && strcmp(argv[i], "--rate-burst") == 0 && i + 1 < argc) {
+      burst = argv[++i];
       known = true;
     }
     if (!known && strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
@@ -160,6 +178,16 @@ static int parse_args(int argc, char **argv, config *c) {
   c->lease_ttl_ms = 15000;
   if (ttl != NULL && parse_int(ttl, 300, 3600000, &c->lease_ttl_ms) != 0) {
     fprintf(stderr, "skald: lease TTL must be 300 to 3600000 ms\n");
+    return 2;
+  }
+  c->rate_limit = 200;
+  if (rate != NULL && parse_int(rate, 0, 1000000, &c->rate_limit) != 0) {
+    fprintf(stderr, "skald: rate limit must be 0 to 1000000 per second\n");
+    return 2;
+  }
+  c->rate_burst = c->rate_limit * 2;
+  if (burst != NULL && parse_int(burst, 1, 1000000, &c->rate_burst) != 0) {
+    fprintf(stderr, "skald: rate burst must be 1 to 1000000\n");
     return 2;
   }
   return bad ? 2 : 0;
@@ -252,6 +280,8 @@ static int serve(daemon_t *d, const config *c) {
   api_config ac;
   api_config_init(&ac);
   ac.require_auth = require;
+  ac.rate_per_sec = c->rate_limit;
+  ac.rate_burst = c->rate_burst > 0 ? c->rate_burst : 1;
   rc = api_new(&d->loop, d->engine, &ac, &d->api);
   http_server_config hc;
   http_server_config_init(&hc);
@@ -283,17 +313,28 @@ static int serve(daemon_t *d, const config *c) {
   return SK_OK;
 }
 
+static void config_free(config *c) {
+  free(c->database_url);
+  free(c->data_dir);
+  free(c->listen);
+  free(c->node_name);
+  memset(c, 0, sizeof(*c));
+}
+
 int main(int argc, char **argv) {
   config c;
   memset(&c, 0, sizeof(c));
   int a = parse_args(argc, argv, &c);
-  if (a != 0)
+  if (a != 0) {
+    config_free(&c);
     return a == 1 ? 0 : 2;
+  }
   log_set_level(c.log_level);
   struct sockaddr_storage ss;
   sk_error err = {0};
   if (http_parse_listen(c.listen, &ss, &err) != SK_OK) {
     fprintf(stderr, "skald: %s\n", err.message);
+    config_free(&c);
     return 2;
   }
   daemon_t d;
@@ -315,9 +356,6 @@ int main(int argc, char **argv) {
   uv_loop_close(&d.loop);
   log_write(rc == SK_OK ? LOG_INFO : LOG_ERROR,
             rc == SK_OK ? "skald stopped" : "skald could not start", NULL);
-  free(c.database_url);
-  free(c.data_dir);
-  free(c.listen);
-  free(c.node_name);
+  config_free(&c);
   return rc == SK_OK ? 0 : 1;
 }
