@@ -550,6 +550,8 @@ void sk_engine_close(sk_engine *e) {
   free(e->wfs);
   free(e->results);
   free(e->to_release);
+  free(e->release_delay);
+  free(e->hosts);
   engine_metrics_free(e->metrics);
   close_conn(&e->commit_conn);
   close_conn(&e->dequeue_conn);

@@ -52,6 +52,12 @@ typedef struct handler {
   breaker br;       /* [loop] */
 } handler;
 
+/* A circuit breaker for one HTTP host ("scheme://host:port"). */
+typedef struct host_breaker {
+  char key[HTTPCALL_KEY_MAX];
+  breaker br;
+} host_breaker;
+
 typedef struct bulkhead {
   char *name;
   int concurrency;
@@ -92,6 +98,7 @@ typedef struct exec_job {
   int64_t deadline_wall_ms;       /* set when started */
   bool shutdown_cancel;           /* [loop] asked to stop by sk_engine_stop */
   bool is_http;                   /* run by httpcall on the loop, no handler */
+  int host;                       /* http: index in e->hosts, or -1 */
   struct sk_task_result result;
   struct exec_job *next_inflight; /* [loop] */
   struct exec_job *prev_inflight; /* [loop] */
@@ -167,8 +174,11 @@ struct sk_engine {
   size_t n_inflight;
   store_op *results;              /* results waiting for a commit */
   size_t n_results, cap_results;
-  store_lease *to_release;        /* leases to hand back (stop) */
+  store_lease *to_release;        /* leases to hand back */
+  int64_t *release_delay;         /* ... due again after this many ms */
   size_t n_to_release, cap_to_release;
+  host_breaker *hosts;            /* per HTTP host, grows; [loop] */
+  size_t n_hosts;
   saga_rng rng;
   int handles_open;
 

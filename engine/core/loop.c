@@ -95,11 +95,64 @@ static bool counted_failure(const store_op *op) {
 
 /* ---- http steps ---------------------------------------------------------- */
 
+static void queue_release_after(struct sk_engine *e, const store_lease *l,
+                                int64_t delay_ms);
+static void start_release(struct sk_engine *e);
+
+/* The circuit breaker of the host an http task calls ("scheme://host:port"),
+ * created on first use; -1 if the url has no host we can key on (httpcall
+ * then reports the request as invalid). */
+static int host_index(struct sk_engine *e, const char *input) {
+  char key[HTTPCALL_KEY_MAX];
+  if (httpcall_breaker_key_input(input, key, sizeof(key)) != SK_OK)
+    return -1;
+  for (size_t i = 0; i < e->n_hosts; i++)
+    if (strcmp(e->hosts[i].key, key) == 0)
+      return (int)i;
+  host_breaker *p = realloc(e->hosts, (e->n_hosts + 1) * sizeof(*p));
+  if (p == NULL)
+    return -1;
+  e->hosts = p;
+  host_breaker *h = &p[e->n_hosts];
+  snprintf(h->key, sizeof(h->key), "%s", key);
+  breaker_init(&h->br, e->o.breaker_failure_threshold, e->o.breaker_open_ms);
+  return (int)e->n_hosts++;
+}
+
+/* While the host's breaker is open, the task goes back to the queue, due
+ * when the breaker may probe again: no attempt is spent on a host known to
+ * be down. Returns true if it deferred the task. */
+static bool defer_for_breaker(struct sk_engine *e, int host,
+                              const leased_task *t) {
+  if (host < 0)
+    return false;
+  breaker *br = &e->hosts[host].br;
+  int64_t now = clock_now_ms();
+  int allow = breaker_allow(br, now);
+  engine_metrics_breaker(e->metrics, e->hosts[host].key, br);
+  if (allow != 0) {
+    breaker_on_dispatch(br);
+    return false;
+  }
+  int64_t wait = br->opened_at_ms + br->open_ms - now;
+  log_write(LOG_DEBUG, "host circuit open; task deferred", "host",
+            e->hosts[host].key, "saga_id", t->lease.saga_id, "#wait_ms",
+            wait, NULL);
+  queue_release_after(e, &t->lease, wait > 0 ? wait : 0);
+  start_release(e);
+  return true;
+}
+
 /* An http call finished (loop thread): record it like a handler's result. */
 static void http_done(uint64_t id, httpcall_outcome *out, void *ud) {
   exec_job *j = ud;
   struct sk_engine *e = j->e;
   j->bh->http_inflight--;
+  if (j->host >= 0 && !(j->shutdown_cancel && !out->ok)) {
+    breaker *br = &e->hosts[j->host].br;
+    breaker_record(br, out->ok, !out->ok && out->retryable, clock_now_ms());
+    engine_metrics_breaker(e->metrics, e->hosts[j->host].key, br);
+  }
   if (out->ok) {
     j->result = (struct sk_task_result){.set = true, .ok = true,
                                         .output = out->output};
@@ -122,6 +175,9 @@ static void http_done(uint64_t id, httpcall_outcome *out, void *ud) {
  * until its callback runs. */
 static void dispatch_http(struct sk_engine *e, leased_task *t) {
   store_op op;
+  int host = host_index(e, t->input);
+  if (defer_for_breaker(e, host, t))
+    return;
   bulkhead *bh = engine_find_bulkhead(e, t->bulkhead);
   exec_job *j = bh != NULL && e->http_up ? job_new(e, t, NULL, bh) : NULL;
   if (j == NULL) {
@@ -131,6 +187,7 @@ static void dispatch_http(struct sk_engine *e, leased_task *t) {
     return;
   }
   j->is_http = true;
+  j->host = host;
   atomic_store(&j->state, JOB_RUNNING);
   atomic_store(&j->started_mono_ms, clock_mono_ms());
   j->deadline_wall_ms = clock_now_ms() + j->task.timeout_ms;
@@ -210,17 +267,28 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
 
 static void start_release(struct sk_engine *e);
 
-/* Remembers a lease to hand back; start_release sends them. */
-static void queue_release(struct sk_engine *e, const store_lease *l) {
+/* Remembers a lease to hand back, due again after delay_ms;
+ * start_release sends them. */
+static void queue_release_after(struct sk_engine *e, const store_lease *l,
+                                int64_t delay_ms) {
   if (e->n_to_release == e->cap_to_release) {
     size_t cap = e->cap_to_release ? e->cap_to_release * 2 : 64;
     store_lease *p = realloc(e->to_release, cap * sizeof(*p));
-    if (p == NULL)
+    if (p != NULL)
+      e->to_release = p;
+    int64_t *d = realloc(e->release_delay, cap * sizeof(*d));
+    if (d != NULL)
+      e->release_delay = d;
+    if (p == NULL || d == NULL)
       return; /* the lease expires instead: slower, nothing lost */
-    e->to_release = p;
     e->cap_to_release = cap;
   }
+  e->release_delay[e->n_to_release] = delay_ms;
   e->to_release[e->n_to_release++] = *l;
+}
+
+static void queue_release(struct sk_engine *e, const store_lease *l) {
+  queue_release_after(e, l, 0);
 }
 
 static void collect_done(struct sk_engine *e) {
@@ -733,6 +801,7 @@ typedef struct aux_work {
   struct sk_engine *e;
   exec_job **jobs;        /* renew these (still in flight when we return) */
   store_lease *leases;
+  int64_t *delays;        /* release: due again after this many ms */
   bool *lost, *cancel;
   size_t n;
   bool release;           /* hand the leases back instead */
@@ -745,7 +814,8 @@ static void aux_work_fn(uv_work_t *req) {
   struct sk_engine *e = w->e;
   ensure_conn(e->aux_conn);
   if (w->release) {
-    w->rc = taskqueue_release(e->aux_conn, w->leases, w->n, &w->err);
+    w->rc = taskqueue_release(e->aux_conn, w->leases, w->delays, w->n,
+                              &w->err);
     return;
   }
   w->rc = taskqueue_renew(e->aux_conn, w->leases, w->n, e->o.lease_ttl_ms,
@@ -758,6 +828,7 @@ static void aux_work_fn(uv_work_t *req) {
 static void aux_work_free(aux_work *w) {
   free(w->jobs);
   free(w->leases);
+  free(w->delays);
   free(w->lost);
   free(w->cancel);
   free(w);
@@ -809,9 +880,10 @@ static aux_work *aux_work_new(struct sk_engine *e, size_t n) {
   w->req.data = w;
   w->jobs = calloc(n + 1, sizeof(exec_job *));
   w->leases = calloc(n + 1, sizeof(store_lease));
+  w->delays = calloc(n + 1, sizeof(int64_t));
   w->lost = calloc(n + 1, sizeof(bool));
   w->cancel = calloc(n + 1, sizeof(bool));
-  if (!w->jobs || !w->leases || !w->lost || !w->cancel) {
+  if (!w->jobs || !w->leases || !w->delays || !w->lost || !w->cancel) {
     aux_work_free(w);
     return NULL;
   }
@@ -834,6 +906,7 @@ static void start_release(struct sk_engine *e) {
   if (w == NULL)
     return;
   memcpy(w->leases, e->to_release, e->n_to_release * sizeof(store_lease));
+  memcpy(w->delays, e->release_delay, e->n_to_release * sizeof(int64_t));
   w->n = e->n_to_release;
   w->release = true;
   e->n_to_release = 0;

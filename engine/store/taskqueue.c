@@ -229,29 +229,36 @@ int taskqueue_renew(PGconn *c, const store_lease *leases, size_t n,
   return SK_OK;
 }
 
-int taskqueue_release(PGconn *c, const store_lease *leases, size_t n,
-                      sk_error *err) {
+int taskqueue_release(PGconn *c, const store_lease *leases,
+                      const int64_t *delays_ms, size_t n, sk_error *err) {
   if (n == 0)
     return SK_OK;
-  pgarr a[4];
+  pgarr a[4], delays;
+  pgarr_init(&delays);
+  for (size_t i = 0; i < n; i++)
+    pgarr_add_i64(&delays, delays_ms != NULL ? delays_ms[i] : 0);
   int rc = lease_arrays(leases, n, a);
-  if (rc != SK_OK) {
+  if (rc != SK_OK || pgarr_get(&delays) == NULL) {
     lease_arrays_free(a);
-    return sk_error_set(err, rc, NULL);
+    pgarr_free(&delays);
+    return sk_error_set(err, SK_ENOMEM, NULL);
   }
-  const char *params[4] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
-                           pgarr_get(&a[2]), pgarr_get(&a[3])};
+  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
+                           pgarr_get(&a[2]), pgarr_get(&a[3]),
+                           pgarr_get(&delays)};
   /* The token stays: a late result from this lease is still fenced once
    * another node leases the task with a new token; until then nobody holds
    * it, and it is due at once. */
   PGresult *r = PQexecParams(
       c,
-      "UPDATE tasks t SET available_at = now(), lease_owner = NULL "
-      "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::bigint[]) "
-      "AS x(s, st, k, tok) WHERE t.saga_id = x.s AND t.step = x.st "
-      "AND t.kind = x.k AND t.lease_token = x.tok",
-      4, NULL, params, NULL, NULL, 0);
+      "UPDATE tasks t SET lease_owner = NULL, "
+      "  available_at = now() + make_interval(secs => x.d / 1000.0) "
+      "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::bigint[], "
+      "$5::bigint[]) AS x(s, st, k, tok, d) WHERE t.saga_id = x.s "
+      "AND t.step = x.st AND t.kind = x.k AND t.lease_token = x.tok",
+      5, NULL, params, NULL, NULL, 0);
   lease_arrays_free(a);
+  pgarr_free(&delays);
   if (PQresultStatus(r) != PGRES_COMMAND_OK) {
     rc = db_fail(c, r, "could not release leases", err);
     PQclear(r);

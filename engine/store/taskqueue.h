@@ -55,9 +55,11 @@ int taskqueue_dequeue_any(PGconn *conn, const char *node, int lease_ttl_ms,
 int taskqueue_renew(PGconn *conn, const store_lease *leases, size_t n,
                     int lease_ttl_ms, bool *lost, bool *cancel, sk_error *err);
 
-/* Hands leases back: the tasks become due at once for any node (a graceful
- * shutdown does this for work it did not start). */
-int taskqueue_release(PGconn *conn, const store_lease *leases, size_t n,
-                      sk_error *err);
+/* Hands leases back: the tasks become due for any node at once, or after
+ * delays_ms[i] when delays_ms is not NULL (a graceful shutdown hands back
+ * work it did not start; an open circuit breaker defers work without
+ * spending an attempt). */
+int taskqueue_release(PGconn *conn, const store_lease *leases,
+                      const int64_t *delays_ms, size_t n, sk_error *err);
 
 #endif /* SKALD_STORE_TASKQUEUE_H */

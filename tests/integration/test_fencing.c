@@ -153,7 +153,7 @@ Test(fencing, released_lease_is_due_at_once_and_still_fenced, .init = setup,
   leased_task ta = lease_one(ca, "node-a", 60000);
   cr_assert_neq(ta.lease.token, 0);
   sk_error err = {0};
-  cr_assert_eq(taskqueue_release(ca, &ta.lease, 1, &err), SK_OK);
+  cr_assert_eq(taskqueue_release(ca, &ta.lease, NULL, 1, &err), SK_OK);
   leased_task tb = lease_one(cb, "node-b", 60000);
   cr_assert_neq(tb.lease.token, 0, "a released task must be due at once");
   store_op late = {.type = STORE_OP_RESULT, .lease = ta.lease, .ok = true};
