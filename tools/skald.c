@@ -23,6 +23,7 @@
 #include "api/auth.h"
 #include "api/http_server.h"
 #include "common/log.h"
+#include "common/settings.h"
 #include "core/engine.h"
 
 typedef struct config {
@@ -78,36 +79,13 @@ static void usage(FILE *f) {
           "  --help, --version\n");
 }
 
-/* Reads a setting: the flag, else env NAME, else the file named by
- * NAME_FILE (trailing newline dropped). Returns a malloc'd value or NULL. */
+/* A setting from the flag, the environment or NAME_FILE (settings.h). */
 static char *setting(const char *flag_value, const char *env, bool *bad) {
-  if (flag_value != NULL)
-    return strdup(flag_value);
-  const char *v = getenv(env);
-  if (v != NULL && v[0] != '\0')
-    return strdup(v);
-  char name[96];
-  snprintf(name, sizeof(name), "%s_FILE", env);
-  const char *path = getenv(name);
-  if (path == NULL || path[0] == '\0')
-    return NULL;
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "skald: cannot read %s (%s): %s\n", name, path,
-            strerror(errno));
-    *bad = true;
-    return NULL;
-  }
-  char line[4096];
-  char *r = fgets(line, sizeof(line), f);
-  fclose(f);
-  if (r == NULL) {
-    fprintf(stderr, "skald: %s (%s) is empty\n", name, path);
-    *bad = true;
-    return NULL;
-  }
-  line[strcspn(line, "\r\n")] = '\0';
-  return strdup(line);
+  char why[256];
+  char *v = settings_get(flag_value, env, bad, why, sizeof(why));
+  if (v == NULL && *bad)
+    fprintf(stderr, "skald: %s\n", why);
+  return v;
 }
 
 static int parse_int(const char *s, int min, int max, int *out) {

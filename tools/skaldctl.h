@@ -70,8 +70,6 @@ const char *ctl_optv(const ctl *c, const char *name);
 
 /* strtol into [min, max]; false if s is not such a number. */
 bool ctl_parse_long(const char *s, long min, long max, long *out);
-/* The first line of a file (malloc'd) or NULL. */
-char *ctl_read_first_line(const char *path);
 /* flag, else $env, else the first line of the file $env_FILE names
  * (malloc'd, or NULL if none; *bad set if that file cannot be read). */
 char *ctl_setting(const char *flag, const char *env, bool *bad);

@@ -9,6 +9,8 @@
  */
 #include "skaldctl.h"
 
+#include "common/settings.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -30,39 +32,14 @@ bool ctl_parse_long(const char *s, long min, long max, long *out) {
   return true;
 }
 
-/* Reads the first line of a file (the _FILE form of a secret). */
-char *ctl_read_first_line(const char *path) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return NULL;
-  char line[4096];
-  char *r = fgets(line, sizeof(line), f);
-  fclose(f);
-  if (r == NULL)
-    return NULL;
-  line[strcspn(line, "\r\n")] = '\0';
-  return strdup(line);
-}
-
-/* flag value, else $env, else the first line of $env_FILE. *bad on an
- * unreadable file. */
+/* flag value, else $env, else the first line of $env_FILE (settings.h).
+ * *bad on an unreadable file. */
 char *ctl_setting(const char *flag, const char *env, bool *bad) {
-  if (flag != NULL)
-    return strdup(flag);
-  const char *v = getenv(env);
-  if (v != NULL && v[0] != '\0')
-    return strdup(v);
-  char name[96];
-  snprintf(name, sizeof(name), "%s_FILE", env);
-  const char *path = getenv(name);
-  if (path == NULL || path[0] == '\0')
-    return NULL;
-  char *s = ctl_read_first_line(path);
-  if (s == NULL) {
-    fprintf(stderr, "skaldctl: cannot read %s (%s)\n", name, path);
-    *bad = true;
-  }
-  return s;
+  char why[256];
+  char *v = settings_get(flag, env, bad, why, sizeof(why));
+  if (v == NULL && *bad)
+    fprintf(stderr, "skaldctl: %s\n", why);
+  return v;
 }
 
 /* Splits argv into global flags, the command's options and positionals.

@@ -102,16 +102,25 @@ static int check_id(const char *id, sk_error *err) {
   return SK_OK;
 }
 
-int sk_saga_cancel(sk_engine *e, const char *saga_id, sk_error *err) {
+/* Checks the engine and the id, and prepares an op of `type` on that saga. */
+static int saga_op(sk_engine *e, const char *saga_id, store_op_type type,
+                   store_op *op, sk_error *err) {
+  memset(op, 0, sizeof(*op));
   if (e == NULL)
     return sk_error_set(err, SK_EINVAL, "engine must not be NULL");
   int rc = check_id(saga_id, err);
   if (rc != SK_OK)
     return rc;
+  op->type = type;
+  memcpy(op->saga_id, saga_id, SK_ID_LEN);
+  return SK_OK;
+}
+
+int sk_saga_cancel(sk_engine *e, const char *saga_id, sk_error *err) {
   store_op op;
-  memset(&op, 0, sizeof(op));
-  op.type = STORE_OP_CANCEL;
-  memcpy(op.saga_id, saga_id, SK_ID_LEN);
+  int rc = saga_op(e, saga_id, STORE_OP_CANCEL, &op, err);
+  if (rc != SK_OK)
+    return rc;
   op.reason = strdup("cancel requested through the SDK");
   rc = loop_submit_op(e, &op, err);
   if (rc == SK_OK) {
@@ -153,15 +162,10 @@ int sk_saga_replay(sk_engine *e, const char *saga_id,
                    sk_error *err) {
   if (new_saga_id != NULL)
     new_saga_id[0] = '\0';
-  if (e == NULL)
-    return sk_error_set(err, SK_EINVAL, "engine must not be NULL");
-  int rc = check_id(saga_id, err);
+  store_op op;
+  int rc = saga_op(e, saga_id, STORE_OP_REPLAY, &op, err);
   if (rc != SK_OK)
     return rc;
-  store_op op;
-  memset(&op, 0, sizeof(op));
-  op.type = STORE_OP_REPLAY;
-  memcpy(op.saga_id, saga_id, SK_ID_LEN);
   uuid_v7(op.new_saga_id);
   if (o != NULL && o->from_step != NULL) {
     if (!def_name_valid(o->from_step))
