@@ -9,8 +9,13 @@
  * node), so that registry has its own mutex; definitions are never removed
  * while the engine lives, which lets the loop borrow them.
  *
+ * GPUs: every engine owns a health sampler (engine/health). With provider
+ * none (the default without NVML) it reports zero GPUs and no thread runs,
+ * so nothing changes for engines without GPUs. engine_job_run wraps job_run
+ * so that the handler can ask which GPUs it was given (sk_task_gpus).
+ *
  * Thread: the opener's for open/register/start/close; engine_get_workflow
- * from any thread.
+ * from any thread; engine_job_run on bulkhead threads.
  */
 #include "core/engine.h"
 
@@ -29,6 +34,79 @@
 #include "store/queries.h"
 
 #define DEFAULT_DATA_DIR "./.skald"
+#define GPU_EVENT_TIMEOUT_MS 200 /* bounds how long close waits for events */
+
+/* The job whose handler runs on this thread (engine_job_run). */
+static _Thread_local const exec_job *tls_job;
+
+void engine_job_run(pool_link *link, void *ud) {
+  tls_job = (const exec_job *)link;
+  job_run(link, ud);
+  tls_job = NULL;
+}
+
+const char *sk_task_gpus(const sk_task *t) {
+  const exec_job *j = tls_job;
+  if (t == NULL || j == NULL || t->impl != (const void *)&j->cancel)
+    return "";
+  return j->gpus;
+}
+
+void engine_gpu_view(const struct sk_engine *e, const node_gpu_report *r,
+                     const int64_t *reserved_mb, const unsigned *holders,
+                     placement_node *out) {
+  memset(out, 0, sizeof(*out));
+  out->n = r->n_gpus < GPU_MAX ? r->n_gpus : GPU_MAX;
+  out->draining = r->draining;
+  out->allow_degraded = e->o.gpu_allow_degraded;
+  out->policy = e->o.gpu_placement == 1 ? PLACEMENT_SPREAD : PLACEMENT_BINPACK;
+  for (unsigned i = 0; i < out->n; i++) {
+    const gpu_health *g = &r->gpu[i];
+    placement_gpu *p = &out->gpu[i];
+    bool mem = (g->r.valid & GPU_F_MEM) != 0;
+    p->index = i;
+    p->state = g->state;
+    p->nvml_free_mb = mem ? (int64_t)(g->r.mem_free >> 20) : -1;
+    p->total_mb = mem ? (int64_t)(g->r.mem_total >> 20) : 0;
+    p->reserved_mb = reserved_mb != NULL ? reserved_mb[i] : 0;
+    p->holders = holders != NULL ? holders[i] : 0;
+    p->util = (g->r.valid & GPU_F_UTIL) ? g->r.util_gpu : 0;
+    /* Flap penalty: recovered within the last 10 minutes. */
+    p->recently_recovered = g->recovered_ms > 0 &&
+                            r->recv_mono_ms - g->recovered_ms < 600000;
+  }
+}
+
+/* Sets up the GPU sampler (provider from the options or environment). A
+ * provider that cannot open becomes none with a reason; an unknown name or
+ * a bad fake script fails the open. */
+static int gpu_open(struct sk_engine *e, const sk_engine_options *o,
+                    sk_error *err) {
+  const char *pl = getenv("SKALD_GPU_PLACEMENT");
+  if (pl != NULL && strcmp(pl, "spread") == 0)
+    e->o.gpu_placement = 1;
+  health_options ho;
+  health_options_init(&ho);
+  ho.provider = o->gpu_provider;
+  ho.node_id = e->node;
+  ho.event_timeout_ms = GPU_EVENT_TIMEOUT_MS;
+  ho.cfg.interval_ms =
+      o->gpu_sample_interval_ms > 0 ? o->gpu_sample_interval_ms : 5000;
+  e->o.gpu_provider = NULL; /* not kept: borrowed from the caller */
+  e->gpu_snap = calloc(1, sizeof(*e->gpu_snap));
+  if (e->gpu_snap == NULL)
+    return sk_error_set(err, SK_ENOMEM, NULL);
+  int rc = health_new(&ho, &e->gpu_health, err);
+  if (rc != SK_OK)
+    return rc;
+  health_sample_now(e->gpu_health);
+  health_snapshot(e->gpu_health, e->gpu_snap);
+  log_write(LOG_INFO, "gpu sampler ready", "provider",
+            gpu_provider_name(e->gpu_snap->provider), "#gpus",
+            (int64_t)e->gpu_snap->n_gpus, "reason",
+            e->gpu_snap->provider_reason, NULL);
+  return SK_OK;
+}
 
 void sk_engine_options_init(sk_engine_options *o) {
   if (o == NULL)
@@ -147,6 +225,10 @@ int sk_engine_open(const sk_engine_options *opts, sk_engine **out,
   rc = add_bulkhead(e, "default", o.default_concurrency);
   if (rc == SK_OK && engine_metrics_new(&e->metrics) != SK_OK)
     rc = sk_error_set(err, SK_ENOMEM, NULL);
+  if (rc == SK_OK && o.gpu_sample_interval_ms < 0)
+    rc = sk_error_set(err, SK_EINVAL, "gpu_sample_interval_ms must be >= 0");
+  if (rc == SK_OK)
+    rc = gpu_open(e, &o, err);
   if (rc == SK_OK)
     rc = connect_store(e, err);
   if (rc != SK_OK) {
@@ -445,6 +527,35 @@ int engine_register_def(struct sk_engine *e, const def_workflow *src,
   return SK_OK;
 }
 
+/* True if a step of `steps` (or of their branches) runs task_type and has
+ * a fallback that runs at once when the breaker is open. */
+static bool steps_have_breaker_fallback(const def_step *steps, size_t n,
+                                        const char *task_type) {
+  for (size_t i = 0; i < n; i++) {
+    const def_step *s = &steps[i];
+    if (s->fallback != NULL && s->fallback_on_breaker_open &&
+        s->action.kind == DEF_KIND_TASK &&
+        strcmp(s->action.task_type, task_type) == 0)
+      return true;
+    for (size_t b = 0; b < s->n_branches; b++)
+      if (steps_have_breaker_fallback(s->branches[b].steps,
+                                      s->branches[b].n_steps, task_type))
+        return true;
+  }
+  return false;
+}
+
+bool engine_type_has_breaker_fallback(struct sk_engine *e,
+                                      const char *task_type) {
+  bool found = false;
+  pthread_mutex_lock(&e->wf_mu);
+  for (size_t i = 0; i < e->n_wfs && !found; i++)
+    found = steps_have_breaker_fallback(e->wfs[i]->steps, e->wfs[i]->n_steps,
+                                        task_type);
+  pthread_mutex_unlock(&e->wf_mu);
+  return found;
+}
+
 /* ---- lifecycle --------------------------------------------------------------- */
 
 static int start_pools(struct sk_engine *e) {
@@ -452,7 +563,7 @@ static int start_pools(struct sk_engine *e) {
     bulkhead *b = &e->bulkheads[i];
     if (b->pool != NULL)
       continue;
-    int rc = pool_new(b->name, b->concurrency, job_run, e, &b->pool);
+    int rc = pool_new(b->name, b->concurrency, engine_job_run, e, &b->pool);
     if (rc != SK_OK)
       return rc;
   }
@@ -465,6 +576,11 @@ static int prepare_run(struct sk_engine *e) {
                                       ENGINE_STATE_RUNNING))
     return SK_ESTATE;
   int rc = start_pools(e);
+  if (rc == SK_OK && e->gpu_snap->provider != GPU_PROVIDER_NONE &&
+      !e->gpu_sampling) {
+    rc = health_start(e->gpu_health);
+    e->gpu_sampling = rc == SK_OK;
+  }
   if (rc == SK_OK)
     rc = loop_init(e);
   if (rc != SK_OK) {
@@ -553,6 +669,8 @@ void sk_engine_close(sk_engine *e) {
   free(e->release_delay);
   free(e->hosts);
   engine_metrics_free(e->metrics);
+  health_free(e->gpu_health);
+  free(e->gpu_snap);
   close_conn(&e->commit_conn);
   close_conn(&e->dequeue_conn);
   close_conn(&e->aux_conn);

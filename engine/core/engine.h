@@ -26,9 +26,11 @@
 
 #include "exec/httpcall.h"
 #include "exec/pool.h"
+#include "health/health.h"
 #include "obs/engine_metrics.h"
 #include "saga/saga.h"
 #include "sched/breaker.h"
+#include "sched/placement.h"
 #include "spec/def.h"
 #include "store/pgembed.h"
 #include "store/sagastore.h"
@@ -99,6 +101,11 @@ typedef struct exec_job {
   bool shutdown_cancel;           /* [loop] asked to stop by sk_engine_stop */
   bool is_http;                   /* run by httpcall on the loop, no handler */
   int host;                       /* http: index in e->hosts, or -1 */
+  unsigned n_gpus;                /* GPUs placed on (slots of the report) */
+  unsigned gpu_idx[GPU_MAX];
+  int64_t gpu_res_mb[GPU_MAX];    /* reserved on each, until inflight_remove */
+  char gpus[GPU_MAX * 3 + 1];     /* "0,1": what sk_task_gpus() returns */
+  bool gpu_moved;                 /* [loop] cancelled: infra:gpu_unhealthy */
   struct sk_task_result result;
   struct exec_job *next_inflight; /* [loop] */
   struct exec_job *prev_inflight; /* [loop] */
@@ -184,6 +191,16 @@ struct sk_engine {
 
   engine_metrics *metrics;
 
+  /* GPUs: the sampler (always set after open; provider none = 0 GPUs), the
+   * loop's latest copy of its report and this node's reservations. */
+  health *gpu_health;
+  bool gpu_sampling;              /* the sampler's threads run */
+  node_gpu_report *gpu_snap;      /* [loop] */
+  int64_t gpu_reserved_mb[GPU_MAX]; /* [loop] */
+  unsigned gpu_holders[GPU_MAX];  /* [loop] */
+  uv_timer_t gpu_timer;
+  atomic_ullong n_gpu_moved;      /* attempts moved off unhealthy GPUs */
+
   /* statistics */
   atomic_ullong n_commits, n_ops_committed, n_fenced, n_dequeues;
 };
@@ -203,9 +220,25 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
 int engine_register_def(struct sk_engine *e, const def_workflow *src,
                         bool *created, sk_error *err);
 
+/* Runs a job on a bulkhead thread (pool_run_fn): job_run, with the job
+ * visible to sk_task_gpus() for the handler's duration. */
+void engine_job_run(pool_link *link, void *ud);
+
+/* Fills a placement view of the report r with this node's reservations
+ * (NULL arrays: none) and the engine's placement options. */
+void engine_gpu_view(const struct sk_engine *e, const node_gpu_report *r,
+                     const int64_t *reserved_mb, const unsigned *holders,
+                     placement_node *out);
+
 /* Makes waiting and future long polls return at once, empty: called first
  * on shutdown so a remote worker's poll never holds the daemon up. */
 void engine_close_polls(struct sk_engine *e);
+
+/* True if a registered workflow runs task_type in a step whose fallback
+ * has on_breaker_open (the loop then looks for such waiting tasks while
+ * that type's breaker is open). */
+bool engine_type_has_breaker_fallback(struct sk_engine *e,
+                                      const char *task_type);
 
 /* ---- loop (loop.c) ---- */
 int loop_init(struct sk_engine *e);

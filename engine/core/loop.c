@@ -15,6 +15,15 @@
  *     nothing, for a lost lease) is committed at once and the late result
  *     is dropped when the handler finally returns.
  *
+ * GPUs: steps with GPU needs are never claimed by a commit; they come
+ * through a per-bulkhead GPU lane (limit 1) bounded by what fits this
+ * node's healthy GPUs now (placement_envelope), get concrete GPUs at
+ * dispatch (placement_pick) and hold a reservation until they leave the
+ * in-flight list. The gpu timer copies the sampler's report; an attempt on
+ * a GPU that turned unhealthy is cancelled and its lease handed back due at
+ * once, with no result: the same attempt runs elsewhere and no retry is
+ * spent (logged and counted as infra:gpu_unhealthy).
+ *
  * Thread: the loop thread, except loop_wake and loop_submit_op (any) and
  * the *_work functions (threadpool).
  */
@@ -34,6 +43,8 @@
 #define SLEEP_LANE_LIMIT 256
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
+#define GPU_TICK_MS 100      /* how often the loop reads the GPU report */
+#define GPU_MISFIT_DELAY_MS 250 /* a GPU task that no longer fits waits */
 
 static void maybe_commit(struct sk_engine *e);
 static void maybe_dequeue(struct sk_engine *e);
@@ -77,7 +88,18 @@ static void inflight_add(struct sk_engine *e, exec_job *j) {
   e->n_inflight++;
 }
 
+static void gpu_unreserve(struct sk_engine *e, exec_job *j) {
+  for (unsigned i = 0; i < j->n_gpus; i++) {
+    unsigned g = j->gpu_idx[i];
+    e->gpu_reserved_mb[g] -= j->gpu_res_mb[i];
+    if (e->gpu_holders[g] > 0)
+      e->gpu_holders[g]--;
+  }
+  j->n_gpus = 0;
+}
+
 static void inflight_remove(struct sk_engine *e, exec_job *j) {
+  gpu_unreserve(e, j);
   if (j->prev_inflight != NULL)
     j->prev_inflight->next_inflight = j->next_inflight;
   else
@@ -98,6 +120,8 @@ static bool counted_failure(const store_op *op) {
 static void queue_release_after(struct sk_engine *e, const store_lease *l,
                                 int64_t delay_ms);
 static void start_release(struct sk_engine *e);
+static void push_breaker_open(struct sk_engine *e, const char *saga_id,
+                              int step);
 
 /* The circuit breaker of the host an http task calls ("scheme://host:port"),
  * created on first use; -1 if the url has no host we can key on (httpcall
@@ -140,6 +164,10 @@ static bool defer_for_breaker(struct sk_engine *e, int host,
             wait, NULL);
   queue_release_after(e, &t->lease, wait > 0 ? wait : 0);
   start_release(e);
+  /* If its step has an on_breaker_open fallback, that runs now instead
+   * (the store checks; without one this changes nothing). */
+  if (t->lease.kind == TASK_KIND_FWD)
+    push_breaker_open(e, t->lease.saga_id, t->lease.step);
   return true;
 }
 
@@ -222,8 +250,38 @@ static void dispatch_http(struct sk_engine *e, leased_task *t) {
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-/* Hands one leased task to its bulkhead, or settles it in the loop. */
-static void dispatch(struct sk_engine *e, leased_task *t) {
+/* Places a GPU task on this node's GPUs and reserves them for job j.
+ * False if it does not fit (any more). */
+static bool gpu_place(struct sk_engine *e, exec_job *j, const task_needs *n) {
+  placement_node pn;
+  engine_gpu_view(e, e->gpu_snap, e->gpu_reserved_mb, e->gpu_holders, &pn);
+  unsigned idx[GPU_MAX];
+  bool degraded = false;
+  if (n->gpus > GPU_MAX ||
+      !placement_pick(&pn, n->gpus, n->gpu_memory_mb, idx, &degraded))
+    return false;
+  j->n_gpus = (unsigned)n->gpus;
+  for (unsigned i = 0; i < j->n_gpus; i++) {
+    j->gpu_idx[i] = idx[i];
+    j->gpu_res_mb[i] = placement_reserve_mb(&pn.gpu[idx[i]], n->gpu_memory_mb);
+    e->gpu_reserved_mb[idx[i]] += j->gpu_res_mb[i];
+    e->gpu_holders[idx[i]]++;
+  }
+  placement_format(idx, j->n_gpus, j->gpus, sizeof(j->gpus));
+  if (degraded)
+    log_write(LOG_WARNING, "step placed on a degraded gpu (last resort)",
+              "saga_id", j->task.lease.saga_id, "step", j->task.step_name,
+              "gpus", j->gpus, NULL);
+  return true;
+}
+
+static void dispatch_task(struct sk_engine *e, leased_task *t,
+                          const task_needs *needs);
+
+/* Hands one leased task to its bulkhead, or settles it in the loop.
+ * needs (NULL: none) are the task's resources. */
+static void dispatch(struct sk_engine *e, leased_task *t,
+                     const task_needs *needs) {
   store_op op;
   if (t->cancel_requested) {
     job_failure_op(t, "Cancelled", "the saga was cancelled", false, &op);
@@ -238,6 +296,15 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
                    "this engine cannot run this kind of step", false, &op);
     push_result(e, &op);
   } else {
+    dispatch_task(e, t, needs);
+  }
+  leased_task_clear(t);
+}
+
+static void dispatch_task(struct sk_engine *e, leased_task *t,
+                          const task_needs *needs) {
+  store_op op;
+  {
     handler *h = engine_find_handler(e, t->task_type);
     bulkhead *bh = engine_find_bulkhead(e, t->bulkhead);
     exec_job *j = (h && bh) ? job_new(e, t, h, bh) : NULL;
@@ -245,6 +312,12 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
       job_failure_op(t, "NoHandler", "no handler or bulkhead on this node",
                      true, &op);
       push_result(e, &op);
+    } else if (needs != NULL && needs->gpus > 0 && !gpu_place(e, j, needs)) {
+      /* The GPUs changed since the dequeue: hand it back, no attempt
+       * spent; it waits a moment so this node does not spin on it. */
+      queue_release_after(e, &j->task.lease, GPU_MISFIT_DELAY_MS);
+      start_release(e);
+      job_free(j);
     } else {
       inflight_add(e, j);
       breaker_on_dispatch(&h->br);
@@ -260,7 +333,6 @@ static void dispatch(struct sk_engine *e, leased_task *t) {
       }
     }
   }
-  leased_task_clear(t);
 }
 
 /* ---- finished jobs ------------------------------------------------------- */
@@ -367,6 +439,8 @@ static bool env_claim(void *ud, const saga_task *t) {
   struct sk_engine *e = w->e;
   if (t->action == DEF_KIND_SLEEP)
     return true; /* settled by the loop itself, no worker slot */
+  if (t->gpus > 0)
+    return false; /* placed through the GPU lane, where GPUs are known */
   bool ok = t->action == DEF_KIND_HTTP && w->e->http_up;
   for (size_t i = 0; i < e->n_handlers && t->action == DEF_KIND_TASK; i++)
     if (strcmp(e->handlers[i].task_type, t->task_type) == 0) {
@@ -443,7 +517,7 @@ static void commit_succeeded(struct sk_engine *e, commit_work *w) {
   pthread_cond_broadcast(&e->gen_cv);
   pthread_mutex_unlock(&e->mu);
   for (size_t i = 0; i < b->n_claimed; i++)
-    dispatch(e, &b->claimed[i]);
+    dispatch(e, &b->claimed[i], NULL); /* claims never need GPUs */
   /* Due work we could not claim is in the queue now: ask for it without
    * waiting for our own NOTIFY to come back. */
   if (b->n_unclaimed_due > 0)
@@ -655,7 +729,9 @@ typedef struct dequeue_work {
   size_t n_types;
   const char **probe;     /* half-open types, one lane each */
   int task_capacity;      /* sum of the task lanes' limits */
+  int64_t gpu_caps[GPU_MAX]; /* this node's GPU envelope */
   leased_task *got;
+  task_needs *needs;
   size_t n_got;
   int rc;
   sk_error err;
@@ -664,15 +740,16 @@ typedef struct dequeue_work {
 static void dequeue_work_fn(uv_work_t *req) {
   dequeue_work *w = req->data;
   ensure_conn(w->e->dequeue_conn);
-  w->rc = taskqueue_dequeue(w->e->dequeue_conn, w->e->node,
-                            w->e->o.lease_ttl_ms, w->lanes, w->n_lanes,
-                            &w->got, &w->n_got, &w->err);
+  w->rc = taskqueue_dequeue_needs(w->e->dequeue_conn, w->e->node,
+                                  w->e->o.lease_ttl_ms, w->lanes, w->n_lanes,
+                                  &w->got, &w->needs, &w->n_got, &w->err);
 }
 
 static void dequeue_work_free(dequeue_work *w) {
   for (size_t i = 0; i < w->n_got; i++)
     leased_task_clear(&w->got[i]);
   free(w->got);
+  free(w->needs);
   free(w->lanes);
   free(w->types);
   free(w->probe);
@@ -690,18 +767,21 @@ static void dequeue_after(uv_work_t *req, int status) {
   } else {
     /* Full task lanes (or a full sleep lane) mean more may be waiting: ask
      * again as soon as slots free up. */
-    int tasks = 0, sleeps = 0;
+    int tasks = 0, sleeps = 0, gpu_tasks = 0;
     for (size_t i = 0; i < w->n_got; i++) {
       if (w->got[i].action == DEF_KIND_SLEEP)
         sleeps++;
       else
         tasks++;
+      if (w->needs != NULL && w->needs[i].gpus > 0)
+        gpu_tasks++;
     }
+    /* A GPU lane takes one task at a time: look again for the next. */
     if ((w->task_capacity > 0 && tasks >= w->task_capacity) ||
-        sleeps >= SLEEP_LANE_LIMIT)
+        sleeps >= SLEEP_LANE_LIMIT || gpu_tasks > 0)
       e->dequeue_wanted = true;
     for (size_t i = 0; i < w->n_got; i++)
-      dispatch(e, &w->got[i]);
+      dispatch(e, &w->got[i], w->needs != NULL ? &w->needs[i] : NULL);
   }
   dequeue_work_free(w);
   maybe_commit(e);
@@ -709,9 +789,18 @@ static void dequeue_after(uv_work_t *req, int status) {
   maybe_finish(e);
 }
 
+/* What fits this node's GPUs now (nothing when draining or without GPUs). */
+static dequeue_gpu_fit gpu_fit(struct sk_engine *e, dequeue_work *w) {
+  placement_node pn;
+  engine_gpu_view(e, e->gpu_snap, e->gpu_reserved_mb, e->gpu_holders, &pn);
+  dequeue_gpu_fit f = {.caps = w->gpu_caps};
+  placement_envelope(&pn, w->gpu_caps, &f.n_caps, &f.idle);
+  return f;
+}
+
 static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
   int64_t now = clock_now_ms();
-  size_t cap = e->n_bulkheads * (e->n_handlers + 1) + 1;
+  size_t cap = e->n_bulkheads * (e->n_handlers + 2) + 1;
   w->lanes = calloc(cap, sizeof(dequeue_lane));
   w->types = calloc(e->n_handlers + 1, sizeof(char *));
   w->probe = calloc(e->n_handlers + 1, sizeof(char *));
@@ -727,6 +816,8 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
     else if (allow > 0)
       w->probe[n_probe++] = e->handlers[i].task_type;
   }
+  dequeue_gpu_fit fit = gpu_fit(e, w);
+  bool gpus = fit.n_caps > 0 || fit.idle > 0;
   for (size_t i = 0; i < e->n_bulkheads; i++) {
     bulkhead *bh = &e->bulkheads[i];
     int free_slots = bh->concurrency - (int)pool_load(bh->pool) -
@@ -741,12 +832,22 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
                                             .n_types = w->n_types,
                                             .limit = free_slots};
     w->task_capacity += free_slots;
+    if (gpus && w->n_types > 0)
+      w->lanes[w->n_lanes++] = (dequeue_lane){.kind = DEQUEUE_WORK,
+                                              .bulkhead = bh->name,
+                                              .types = w->types,
+                                              .n_types = w->n_types,
+                                              .limit = 1,
+                                              .gpu_mode = DEQUEUE_GPU_ONLY,
+                                              .gpu = fit};
     for (size_t k = 0; k < n_probe; k++) {
       w->lanes[w->n_lanes++] = (dequeue_lane){.kind = DEQUEUE_TASKS,
                                               .bulkhead = bh->name,
                                               .types = &w->probe[k],
                                               .n_types = 1,
-                                              .limit = 1};
+                                              .limit = 1,
+                                              .gpu_mode = DEQUEUE_GPU_ANY,
+                                              .gpu = fit};
       w->task_capacity++;
     }
   }
@@ -805,6 +906,7 @@ typedef struct aux_work {
   bool *lost, *cancel;
   size_t n;
   bool release;           /* hand the leases back instead */
+  char *capacity;         /* heartbeat: the node's capacity JSON */
   int rc;
   sk_error err;
 } aux_work;
@@ -822,10 +924,12 @@ static void aux_work_fn(uv_work_t *req) {
                           w->lost, w->cancel, &w->err);
   char cap[64];
   snprintf(cap, sizeof(cap), "{\"inflight\": %zu}", w->n);
-  queries_node_heartbeat(e->aux_conn, e->node, cap, NULL);
+  queries_node_heartbeat(e->aux_conn, e->node,
+                         w->capacity != NULL ? w->capacity : cap, NULL);
 }
 
 static void aux_work_free(aux_work *w) {
+  free(w->capacity);
   free(w->jobs);
   free(w->leases);
   free(w->delays);
@@ -913,6 +1017,45 @@ static void start_release(struct sk_engine *e) {
   start_aux(e, w);
 }
 
+/* The heartbeat's capacity: in-flight count, bulkheads, and the GPU report
+ * (health_report_json) with this node's reservations and the free memory
+ * placement uses per GPU. NULL on OOM (the heartbeat then says less). */
+static char *capacity_json(struct sk_engine *e) {
+  char *gj = health_report_json(e->gpu_snap);
+  cJSON *root = cJSON_CreateObject();
+  cJSON *gpu = gj != NULL ? cJSON_Parse(gj) : NULL;
+  free(gj);
+  cJSON *bhs = cJSON_AddObjectToObject(root, "bulkheads");
+  for (size_t i = 0; i < e->n_bulkheads && bhs != NULL; i++)
+    cJSON_AddNumberToObject(bhs, e->bulkheads[i].name,
+                            e->bulkheads[i].concurrency);
+  cJSON_AddNumberToObject(root, "inflight", (double)e->n_inflight);
+  placement_node pn;
+  engine_gpu_view(e, e->gpu_snap, e->gpu_reserved_mb, e->gpu_holders, &pn);
+  cJSON *list = cJSON_GetObjectItemCaseSensitive(gpu, "gpus");
+  unsigned i = 0;
+  cJSON *g;
+  cJSON_ArrayForEach(g, list) {
+    if (i >= pn.n)
+      break;
+    cJSON_AddNumberToObject(g, "free_mb", (double)placement_free_mb(&pn.gpu[i]));
+    cJSON_AddNumberToObject(g, "reserved_mb", (double)pn.gpu[i].reserved_mb);
+    cJSON_AddNumberToObject(g, "holders", pn.gpu[i].holders);
+    i++;
+  }
+  cJSON *item = gpu != NULL ? gpu->child : NULL;
+  while (item != NULL) { /* move gpus, draining, provider... to the top */
+    cJSON *next = item->next;
+    cJSON_AddItemToObject(root, item->string,
+                          cJSON_DetachItemViaPointer(gpu, item));
+    item = next;
+  }
+  cJSON_Delete(gpu);
+  char *out = cJSON_PrintUnformatted(root);
+  cJSON_Delete(root);
+  return out;
+}
+
 static void renew_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
   if (e->aux_busy)
@@ -920,6 +1063,7 @@ static void renew_cb(uv_timer_t *t) {
   aux_work *w = aux_work_new(e, e->n_inflight);
   if (w == NULL)
     return;
+  w->capacity = capacity_json(e);
   for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
     if (atomic_load(&j->state) == JOB_ABANDONED)
       continue;
@@ -928,6 +1072,63 @@ static void renew_cb(uv_timer_t *t) {
     w->n++;
   }
   start_aux(e, w);
+}
+
+/* ---- GPU health ------------------------------------------------------------ */
+
+static bool job_on_unhealthy_gpu(struct sk_engine *e, const exec_job *j) {
+  for (unsigned i = 0; i < j->n_gpus; i++) {
+    unsigned g = j->gpu_idx[i];
+    if (g >= e->gpu_snap->n_gpus || e->gpu_snap->gpu[g].state == GH_UNHEALTHY)
+      return true;
+  }
+  return false;
+}
+
+/* Cancels an attempt whose GPU turned unhealthy and hands its lease back,
+ * due at once, without a result: no retry is spent, the same attempt runs
+ * elsewhere. The job stays in flight (holding its reservation) until its
+ * handler returns; its late result is dropped. */
+static void move_off_gpu(struct sk_engine *e, exec_job *j) {
+  int st = atomic_load(&j->state);
+  if (st == JOB_ABANDONED || st == JOB_DONE || j->gpu_moved)
+    return;
+  if (!atomic_compare_exchange_strong(&j->state, &st, JOB_ABANDONED))
+    return;
+  j->gpu_moved = true;
+  atomic_store(&j->cancel, true);
+  queue_release(e, &j->task.lease);
+  atomic_fetch_add(&e->n_gpu_moved, 1);
+  engine_metrics_attempt(e->metrics, j->task.workflow, j->task.step_name,
+                         j->task.lease.kind == TASK_KIND_COMP,
+                         "infra:gpu_unhealthy", 0);
+  log_write(LOG_WARNING, "gpu unhealthy; moving the attempt elsewhere",
+            "saga_id", j->task.lease.saga_id, "step", j->task.step_name,
+            "#attempt", (int64_t)j->task.lease.attempt, "gpus", j->gpus,
+            "error_type", "infra:gpu_unhealthy", NULL);
+}
+
+/* Reads the sampler's report; moves attempts off unhealthy GPUs; asks for
+ * a dequeue when what fits may have changed. */
+static void gpu_cb(uv_timer_t *t) {
+  struct sk_engine *e = t->data;
+  uint64_t seq = e->gpu_snap->seq;
+  bool draining = e->gpu_snap->draining;
+  health_snapshot(e->gpu_health, e->gpu_snap);
+  if (e->gpu_snap->draining && !draining)
+    log_write(LOG_WARNING, "node draining: no new gpu steps", "reason",
+              e->gpu_snap->drain_reason, NULL);
+  bool moved = false;
+  for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight)
+    if (j->n_gpus > 0 && !j->gpu_moved && job_on_unhealthy_gpu(e, j)) {
+      move_off_gpu(e, j);
+      moved = true;
+    }
+  if (moved)
+    start_release(e);
+  if (e->gpu_snap->seq != seq)
+    e->dequeue_wanted = true;
+  maybe_dequeue(e);
 }
 
 /* ---- timeouts -------------------------------------------------------------- */
@@ -967,10 +1168,103 @@ static void watchdog_cb(uv_timer_t *t) {
 
 /* ---- wake-ups ---------------------------------------------------------------- */
 
+/* ---- fallbacks on an open breaker ------------------------------------------ */
+
+/* A fallback with on_breaker_open runs at once when its step's breaker is
+ * open (workflow-spec.md "Fallback"): the loop looks for waiting forward
+ * tasks of such types and hands each to the group commit as a
+ * STORE_OP_BREAKER_OPEN, which runs the decider and drops the task. */
+typedef struct scan_work {
+  uv_work_t req;
+  struct sk_engine *e;
+  const char *types[64];
+  size_t n_types;
+  char (*ids)[37];
+  int *steps;
+  size_t n;
+} scan_work;
+
+static void scan_work_fn(uv_work_t *req) {
+  scan_work *w = req->data;
+  PGconn *c = w->e->aux_conn;
+  ensure_conn(c);
+  pgarr t;
+  pgarr_init(&t);
+  for (size_t i = 0; i < w->n_types; i++)
+    pgarr_add_str(&t, w->types[i]);
+  const char *p[1] = {pgarr_get(&t)};
+  PGresult *r = p[0] == NULL ? NULL : PQexecParams(
+      c,
+      "SELECT saga_id::text, step FROM tasks WHERE action = 'task' "
+      "AND kind = 0 AND task_type = ANY($1::text[]) "
+      "AND available_at <= now() AND NOT cancel_requested "
+      "ORDER BY available_at LIMIT 100",
+      1, NULL, p, NULL, NULL, 0);
+  pgarr_free(&t);
+  int rows = PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : 0;
+  w->ids = rows > 0 ? calloc((size_t)rows, 37) : NULL;
+  w->steps = rows > 0 ? calloc((size_t)rows, sizeof(int)) : NULL;
+  for (int i = 0; i < rows && w->ids != NULL && w->steps != NULL; i++) {
+    snprintf(w->ids[i], 37, "%s", PQgetvalue(r, i, 0));
+    w->steps[i] = atoi(PQgetvalue(r, i, 1));
+    w->n++;
+  }
+  PQclear(r);
+}
+
+/* Queues a breaker-open op for the forward task of (saga, step). */
+static void push_breaker_open(struct sk_engine *e, const char *saga_id,
+                              int step) {
+  store_op op;
+  memset(&op, 0, sizeof(op));
+  op.type = STORE_OP_BREAKER_OPEN;
+  snprintf(op.saga_id, sizeof(op.saga_id), "%s", saga_id);
+  op.lease.step = step;
+  push_result(e, &op);
+}
+
+static void scan_after(uv_work_t *req, int status) {
+  scan_work *w = req->data;
+  struct sk_engine *e = w->e;
+  e->aux_busy = false;
+  for (size_t i = 0; i < w->n; i++)
+    push_breaker_open(e, w->ids[i], w->steps[i]);
+  free(w->ids);
+  free(w->steps);
+  free(w);
+  start_release(e);
+  maybe_commit(e);
+  maybe_finish(e);
+}
+
+static void scan_breaker_fallbacks(struct sk_engine *e) {
+  if (e->aux_busy || atomic_load(&e->state) != ENGINE_STATE_RUNNING)
+    return;
+  scan_work *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return;
+  for (size_t i = 0; i < e->n_handlers && w->n_types < 64; i++)
+    if (e->handlers[i].br.state == BREAKER_STATE_OPEN &&
+        engine_type_has_breaker_fallback(e, e->handlers[i].task_type))
+      w->types[w->n_types++] = e->handlers[i].task_type;
+  if (w->n_types == 0) {
+    free(w);
+    return;
+  }
+  w->e = e;
+  w->req.data = w;
+  e->aux_busy = true;
+  if (uv_queue_work(&e->loop, &w->req, scan_work_fn, scan_after) != 0) {
+    e->aux_busy = false;
+    free(w);
+  }
+}
+
 static void poll_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
   e->dequeue_wanted = true;
   dequeue_if(e, true);
+  scan_breaker_fallbacks(e);
 }
 
 static void due_cb(uv_timer_t *t) {
@@ -1140,6 +1434,7 @@ static void maybe_finish(struct sk_engine *e) {
   close_handle(e, (uv_handle_t *)&e->renew_timer);
   close_handle(e, (uv_handle_t *)&e->watchdog_timer);
   close_handle(e, (uv_handle_t *)&e->retry_timer);
+  close_handle(e, (uv_handle_t *)&e->gpu_timer);
   if (e->listen_active)
     close_handle(e, (uv_handle_t *)&e->listen_poll);
   if (e->http_up) {
@@ -1176,13 +1471,15 @@ int loop_init(struct sk_engine *e) {
                        (uv_handle_t *)&e->due_timer,
                        (uv_handle_t *)&e->renew_timer,
                        (uv_handle_t *)&e->watchdog_timer,
-                       (uv_handle_t *)&e->retry_timer};
+                       (uv_handle_t *)&e->retry_timer,
+                       (uv_handle_t *)&e->gpu_timer};
   uv_async_init(&e->loop, &e->wake, wake_cb);
   uv_timer_init(&e->loop, &e->poll_timer);
   uv_timer_init(&e->loop, &e->due_timer);
   uv_timer_init(&e->loop, &e->renew_timer);
   uv_timer_init(&e->loop, &e->watchdog_timer);
   uv_timer_init(&e->loop, &e->retry_timer);
+  uv_timer_init(&e->loop, &e->gpu_timer);
   for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
     hs[i]->data = e;
     e->handles_open++;
@@ -1202,6 +1499,8 @@ int loop_init(struct sk_engine *e) {
   uint64_t renew = (uint64_t)(e->o.lease_ttl_ms / 3);
   uv_timer_start(&e->renew_timer, renew_cb, renew, renew);
   uv_timer_start(&e->watchdog_timer, watchdog_cb, WATCHDOG_MS, WATCHDOG_MS);
+  if (e->gpu_sampling)
+    uv_timer_start(&e->gpu_timer, gpu_cb, GPU_TICK_MS, GPU_TICK_MS);
   e->dequeue_wanted = true;
   return SK_OK;
 }

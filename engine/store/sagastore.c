@@ -51,6 +51,8 @@ typedef struct writes {
   size_t n_unclaimed_due;
   pgarr cx_saga, cx_step;
   size_t n_cancels;
+  pgarr dl_saga, dl_step;      /* waiting forward tasks to drop */
+  size_t n_drops;
   bool notify;
   int64_t next_due_ms;
 } writes;
@@ -67,7 +69,7 @@ typedef struct attempt {
   X(ev_payload) X(ev_ts) X(tk_saga) X(tk_step) X(tk_kind) X(tk_attempt)        \
   X(tk_workflow) X(tk_step_name) X(tk_action) X(tk_type) X(tk_bulkhead)        \
   X(tk_avail) X(tk_input) X(tk_timeout) X(tk_gpus) X(tk_gpu_mem) X(tk_claim)   \
-  X(cx_saga) X(cx_step)
+  X(cx_saga) X(cx_step) X(dl_saga) X(dl_step)
 
 static void writes_init(writes *w) {
   memset(w, 0, sizeof(*w));
@@ -574,6 +576,15 @@ static int decide_existing(attempt *a, store_op *op, const store_env *env,
     rc = saga_decide_cancel(wf, &t->st, op->reason, env->node, env->now_ms,
                             env->rng, &d);
     break;
+  case STORE_OP_BREAKER_OPEN:
+    rc = saga_decide_breaker_open(wf, &t->st, op->lease.step, env->node,
+                                  env->now_ms, env->rng, &d);
+    if (rc == SK_OK) {
+      pgarr_add_str(&a->w.dl_saga, t->id);
+      pgarr_add_i64(&a->w.dl_step, op->lease.step);
+      a->w.n_drops++;
+    }
+    break;
   case STORE_OP_REPLAY: {
     if (t->st.status == SAGA_STATUS_COMPENSATED ||
         t->st.status == SAGA_STATUS_CANCELLED) {
@@ -614,6 +625,7 @@ static int decide_all(PGconn *c, store_batch *b, attempt *a,
       break;
     case STORE_OP_CANCEL:
     case STORE_OP_REPLAY:
+    case STORE_OP_BREAKER_OPEN:
       op->rc = decide_existing(a, op, env, c);
       break;
     }
@@ -851,6 +863,21 @@ static int write_cancels(PGconn *c, writes *w, sk_error *err) {
   return rc;
 }
 
+/* Drops the waiting (unleased) forward tasks whose step went to its
+ * fallback because a breaker is open; a leased one stays marked cancelled
+ * and its late result is stale. */
+static int write_drops(PGconn *c, writes *w, sk_error *err) {
+  if (w->n_drops == 0)
+    return SK_OK;
+  const char *p[2] = {pgarr_get(&w->dl_saga), pgarr_get(&w->dl_step)};
+  return exec_params(
+      c,
+      "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[]) AS x(s, st) "
+      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = 0 "
+      "AND (t.lease_owner IS NULL OR t.available_at <= now())",
+      2, p, "could not drop waiting tasks", err);
+}
+
 static int write_all(PGconn *c, store_batch *b, attempt *a,
                      const store_env *env, sk_error *err) {
   int rc = write_events(c, &a->w, err);
@@ -860,6 +887,8 @@ static int write_all(PGconn *c, store_batch *b, attempt *a,
     rc = write_tasks(c, b, &a->w, env, err);
   if (rc == SK_OK)
     rc = write_cancels(c, &a->w, err);
+  if (rc == SK_OK)
+    rc = write_drops(c, &a->w, err);
   if (rc == SK_OK && a->w.notify)
     rc = db_exec(c, "NOTIFY " SAGASTORE_NOTIFY_CHANNEL, err);
   return rc;

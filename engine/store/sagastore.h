@@ -59,7 +59,11 @@ typedef enum store_op_type {
   STORE_OP_START = 0,
   STORE_OP_RESULT,
   STORE_OP_CANCEL,
-  STORE_OP_REPLAY
+  STORE_OP_REPLAY,
+  /* The breaker of step lease.step's forward task is open: run its
+   * on_breaker_open fallback now (saga_decide_breaker_open), dropping the
+   * waiting forward task. rc SK_EINVAL / SK_ESTATE: not applicable. */
+  STORE_OP_BREAKER_OPEN
 } store_op_type;
 
 typedef struct store_op {

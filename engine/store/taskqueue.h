@@ -28,13 +28,39 @@ typedef enum dequeue_kind {
   DEQUEUE_SLEEPS = 2           /* due durable timers, any bulkhead */
 } dequeue_kind;
 
+/* Which tasks with GPU needs (tasks.gpus > 0) a lane takes. A task with
+ * gpus = 0 needs no GPU (gpu_memory_mb is per GPU and ignored then). */
+typedef enum dequeue_gpu_mode {
+  DEQUEUE_GPU_NONE = 0,        /* only tasks without GPU needs (default) */
+  DEQUEUE_GPU_ANY = 1,         /* those, and GPU tasks that fit */
+  DEQUEUE_GPU_ONLY = 2         /* only GPU tasks that fit */
+} dequeue_gpu_mode;
+
+/* What fits a node's GPUs now (placement_envelope): k GPUs can each give
+ * caps[k-1] MB; `idle` GPUs are held by nobody (for whole-GPU tasks,
+ * gpu_memory_mb = 0). Exact for one task: lanes that take GPU tasks should
+ * have limit 1, so two tasks never share the same room. */
+typedef struct dequeue_gpu_fit {
+  const int64_t *caps;
+  unsigned n_caps;
+  unsigned idle;
+} dequeue_gpu_fit;
+
 typedef struct dequeue_lane {
   dequeue_kind kind;
   const char *bulkhead;        /* ignored for sleeps */
   const char *const *types;    /* DEQUEUE_TASKS: types runnable here */
   size_t n_types;
   int limit;
+  dequeue_gpu_mode gpu_mode;   /* tasks and work lanes */
+  dequeue_gpu_fit gpu;         /* with DEQUEUE_GPU_ANY / _ONLY */
 } dequeue_lane;
+
+/* A leased task's resources (tasks.gpus, tasks.gpu_memory_mb). */
+typedef struct task_needs {
+  int gpus;
+  int64_t gpu_memory_mb;
+} task_needs;
 
 /* Leases due tasks for `node` for lease_ttl_ms. *out (malloc'd, *n_out
  * entries) is the caller's; free each with leased_task_clear, then free().
@@ -43,11 +69,29 @@ int taskqueue_dequeue(PGconn *conn, const char *node, int lease_ttl_ms,
                       const dequeue_lane *lanes, size_t n_lanes,
                       leased_task **out, size_t *n_out, sk_error *err);
 
+/* Same, also returning each leased task's resources: *needs (malloc'd,
+ * *n_out entries, NULL when none) is the caller's to free(). */
+int taskqueue_dequeue_needs(PGconn *conn, const char *node, int lease_ttl_ms,
+                            const dequeue_lane *lanes, size_t n_lanes,
+                            leased_task **out, task_needs **needs,
+                            size_t *n_out, sk_error *err);
+
 /* Leases up to `limit` due tasks of the given types in any bulkhead for a
- * remote worker (`node` is its worker id). Same ownership as above. */
+ * remote worker (`node` is its worker id). Same ownership as above. Only
+ * tasks without GPU needs are leased (see taskqueue_dequeue_any_gpu). */
 int taskqueue_dequeue_any(PGconn *conn, const char *node, int lease_ttl_ms,
                           const char *const *types, size_t n_types, int limit,
                           leased_task **out, size_t *n_out, sk_error *err);
+
+/* Same for a worker that reported its GPUs: at most one GPU task that fits
+ * `fit` (leased first), then tasks without GPU needs up to `limit` in all.
+ * *needs as for taskqueue_dequeue_needs. fit NULL: no GPU tasks. */
+int taskqueue_dequeue_any_gpu(PGconn *conn, const char *node,
+                              int lease_ttl_ms, const char *const *types,
+                              size_t n_types, int limit,
+                              const dequeue_gpu_fit *fit, leased_task **out,
+                              task_needs **needs, size_t *n_out,
+                              sk_error *err);
 
 /* Extends the leases still held (token matches) by lease_ttl_ms. For each
  * lease, lost[i] is set when it is no longer held and cancel[i] when the

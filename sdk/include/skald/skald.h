@@ -149,6 +149,17 @@ typedef struct sk_engine_options {
    * not declared on it, fails with SK_ENOHANDLER, which catches typos. Set
    * this when other nodes run those types. */
   bool allow_unknown_task_types;
+  /* GPUs (docs/gpu.md). Where readings come from: "nvml", "fake" or
+   * "none"; NULL → SKALD_GPU_PROVIDER, else nvml when libnvidia-ml loads,
+   * else none (this node runs no GPU steps; nothing else changes). */
+  const char *gpu_provider;
+  /* How steps are placed on GPUs: 0 bin-pack (default), 1 spread.
+   * SKALD_GPU_PLACEMENT=spread also selects spreading. */
+  int gpu_placement;
+  /* Use DEGRADED GPUs when healthy ones cannot fit a step (last resort). */
+  bool gpu_allow_degraded;
+  /* How often GPUs are sampled; 0 → 5000 ms. */
+  int gpu_sample_interval_ms;
 } sk_engine_options;
 
 /* Fills o with the defaults above (all pointers NULL). */
@@ -197,6 +208,10 @@ typedef struct sk_task {
   int64_t deadline_ms;     /* wall clock (ms since epoch) the attempt ends */
   const void *impl;        /* private: the attempt's cancel flag */
 } sk_task;
+
+/* The GPUs this attempt was given, CUDA_VISIBLE_DEVICES style ("0,1"), or
+ * "" when the step asked for none. Valid for the handler's call. */
+SK_EXPORT const char *sk_task_gpus(const sk_task *t);
 
 /* What a handler reports. Fill it with sk_result_ok / sk_result_error. */
 typedef struct sk_task_result sk_task_result;
