@@ -195,16 +195,18 @@ static int dequeue_any_mode(PGconn *c, const char *node, int lease_ttl_ms,
   pgarr_init(&caps);
   for (size_t i = 0; i < n_types; i++)
     pgarr_add_str(&t, types[i]);
-  dequeue_gpu_fit none = {0};
-  int rc = caps_literal(fit != NULL ? fit : &none, &caps);
+  for (unsigned k = 0; fit != NULL && k < fit->n_caps; k++)
+    pgarr_add_i64(&caps, fit->caps[k]);
+  const char *caps_lit =
+      fit != NULL && fit->n_caps > 0 ? pgarr_get(&caps) : "{}";
   char ttl[32], lim[16], gm[8], idle[16];
   snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
   snprintf(lim, sizeof(lim), "%d", limit);
   snprintf(gm, sizeof(gm), "%d", (int)mode);
   snprintf(idle, sizeof(idle), "%u", fit != NULL ? fit->idle : 0);
   const char *params[7] = {pgarr_get(&t), lim, node, ttl, gm, idle,
-                           pgarr_get(&caps)};
-  if (params[0] == NULL || params[6] == NULL || rc != SK_OK) {
+                           caps_lit};
+  if (params[0] == NULL || params[6] == NULL) {
     pgarr_free(&t);
     pgarr_free(&caps);
     return sk_error_set(err, SK_ENOMEM, NULL);
