@@ -36,22 +36,31 @@ int queries_register_def(PGconn *c, const char *name, int version,
   int rc;
   PGresult *r = query(
       c,
-      "WITH ins AS (INSERT INTO workflow_defs (name, version, spec, "
-      "  spec_sha256) VALUES ($1, $2::int, $3::jsonb, "
+      "INSERT INTO workflow_defs (name, version, spec, spec_sha256) "
+      "VALUES ($1, $2::int, $3::jsonb, "
       "  encode(sha256(convert_to($3::jsonb::text, 'UTF8')), 'hex')) "
-      "  ON CONFLICT (name, version) DO NOTHING RETURNING 1) "
-      "SELECT (SELECT count(*) FROM ins), "
-      "  (SELECT spec = $3::jsonb FROM workflow_defs "
-      "   WHERE name = $1 AND version = $2::int)",
+      "ON CONFLICT (name, version) DO NOTHING RETURNING 1",
       3, p, "could not register workflow", &rc, err);
   if (r == NULL)
     return rc;
-  bool inserted = strcmp(PQgetvalue(r, 0, 0), "1") == 0;
-  bool same = PQgetvalue(r, 0, 1)[0] == 't';
+  bool inserted = PQntuples(r) == 1;
   PQclear(r);
   if (created != NULL)
     *created = inserted;
-  if (inserted || same)
+  if (inserted)
+    return SK_OK;
+  /* A second statement on purpose: when another node registers the same
+   * version at the same moment, the INSERT waits for it, but the rest of
+   * that statement could not see its row; this one can. */
+  r = query(c,
+            "SELECT spec = $3::jsonb FROM workflow_defs "
+            "WHERE name = $1 AND version = $2::int",
+            3, p, "could not register workflow", &rc, err);
+  if (r == NULL)
+    return rc;
+  bool same = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+  if (same)
     return SK_OK;
   return sk_error_set(err, SK_ECONFLICT,
                       "workflow %s version %d is already registered with a "
