@@ -14,7 +14,8 @@
 #include "common/buf.h"
 #include "core/remote.h"
 
-static void task_json(buf *b, const leased_task *t, int64_t ttl_ms) {
+static void task_json(buf *b, const leased_task *t, int64_t ttl_ms,
+                      const char *gpus) {
   char id[REMOTE_TASK_ID_MAX];
   char key[SK_ID_LEN + SK_NAME_MAX + 16];
   remote_task_id(&t->lease, id);
@@ -34,8 +35,60 @@ static void task_json(buf *b, const leased_task *t, int64_t ttl_ms) {
   buf_puts(b, t->input);
   buf_puts(b, ",\"idempotency_key\":");
   buf_json_str(b, key);
-  buf_printf(b, ",\"attempt\":%d,\"deadline_ms\":%lld,\"lease_ms\":%lld}",
-             t->lease.attempt, (long long)t->timeout_ms, (long long)ttl_ms);
+  buf_printf(b, ",\"attempt\":%d,\"deadline_ms\":%lld,\"lease_ms\":%lld,"
+             "\"gpus\":\"%s\"}",
+             t->lease.attempt, (long long)t->timeout_ms, (long long)ttl_ms,
+             gpus);
+}
+
+/* Reads the worker's GPUs from the poll body's "node": {"gpus": [{"index",
+ * "state", "memory_total_mb", "memory_free_mb", "utilization"}]} into a
+ * placement view. false (and the call failed) when malformed. */
+static bool read_gpus(api_call *c, placement_node *n, bool *any) {
+  memset(n, 0, sizeof(*n));
+  *any = false;
+  const cJSON *node = api_field(c, "node");
+  const cJSON *gpus = cJSON_GetObjectItemCaseSensitive(node, "gpus");
+  if (node == NULL || gpus == NULL)
+    return true;
+  if (!cJSON_IsObject(node) || !cJSON_IsArray(gpus) ||
+      cJSON_GetArraySize(gpus) > GPU_MAX) {
+    api_fail(c, 400, "invalid_request",
+             "node.gpus must be an array of at most %d GPUs", GPU_MAX);
+    return false;
+  }
+  const cJSON *g;
+  cJSON_ArrayForEach(g, gpus) {
+    const cJSON *idx = cJSON_GetObjectItemCaseSensitive(g, "index");
+    const char *st = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(g, "state"));
+    const cJSON *tot = cJSON_GetObjectItemCaseSensitive(g, "memory_total_mb");
+    const cJSON *fr = cJSON_GetObjectItemCaseSensitive(g, "memory_free_mb");
+    const cJSON *ut = cJSON_GetObjectItemCaseSensitive(g, "utilization");
+    gh_state state = GH_UNKNOWN;
+    for (int k = GH_UNKNOWN; k <= GH_UNHEALTHY; k++)
+      if (st != NULL && strcmp(st, gpu_state_name((gh_state)k)) == 0)
+        state = (gh_state)k;
+    if (!cJSON_IsNumber(idx) || idx->valuedouble < 0 ||
+        idx->valuedouble >= GPU_MAX || st == NULL ||
+        (tot != NULL && !cJSON_IsNumber(tot)) ||
+        (fr != NULL && !cJSON_IsNumber(fr))) {
+      api_fail(c, 400, "invalid_request",
+               "each of node.gpus needs an index (0..%d), a state and "
+               "numeric memory_total_mb / memory_free_mb",
+               GPU_MAX - 1);
+      return false;
+    }
+    placement_gpu *p = &n->gpu[n->n++];
+    p->index = (unsigned)idx->valuedouble;
+    p->state = state;
+    p->total_mb = tot != NULL ? (int64_t)tot->valuedouble : 0;
+    p->nvml_free_mb = fr != NULL ? (int64_t)fr->valuedouble : -1;
+    p->util = cJSON_IsNumber(ut) ? (unsigned)ut->valuedouble : 0;
+  }
+  n->policy = PLACEMENT_BINPACK;
+  *any = true;
+  return true;
 }
 
 static void w_poll(api_call *c) {
@@ -70,13 +123,18 @@ static void w_poll(api_call *c) {
     }
     tt[n++] = t->valuestring;
   }
+  placement_node gpus;
+  bool has_gpus = false;
+  if (!read_gpus(c, &gpus, &has_gpus))
+    return;
   remote_poll_req req = {.worker_id = worker, .task_types = tt,
                          .n_task_types = n, .max = (int)max,
-                         .wait_ms = wait};
+                         .wait_ms = wait, .gpus = has_gpus ? &gpus : NULL};
   leased_task *got = NULL;
+  task_needs *needs = NULL;
   size_t n_got = 0;
   sk_error err = {0};
-  int rc = remote_poll(c->e, &req, &got, &n_got, &err);
+  int rc = remote_poll(c->e, &req, &got, &needs, &n_got, &err);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;
@@ -86,10 +144,21 @@ static void w_poll(api_call *c) {
   for (size_t i = 0; i < n_got; i++) {
     if (i > 0)
       buf_putc(&b, ',');
-    task_json(&b, &got[i], c->e->o.lease_ttl_ms);
+    /* Which of the worker's GPUs a GPU task gets (the dequeue leased only
+     * one that fits them). */
+    char given[GPU_MAX * 3 + 1] = "";
+    if (needs != NULL && needs[i].gpus > 0 && needs[i].gpus <= GPU_MAX) {
+      unsigned idx[GPU_MAX];
+      bool degraded = false;
+      if (placement_pick(&gpus, needs[i].gpus, needs[i].gpu_memory_mb, idx,
+                         &degraded))
+        placement_format(idx, (unsigned)needs[i].gpus, given, sizeof(given));
+    }
+    task_json(&b, &got[i], c->e->o.lease_ttl_ms, given);
     leased_task_clear(&got[i]);
   }
   free(got);
+  free(needs);
   buf_puts(&b, "]}");
   api_ok(c, 200, buf_steal(&b));
 }

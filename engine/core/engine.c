@@ -11,11 +11,11 @@
  *
  * GPUs: every engine owns a health sampler (engine/health). With provider
  * none (the default without NVML) it reports zero GPUs and no thread runs,
- * so nothing changes for engines without GPUs. engine_job_run wraps job_run
- * so that the handler can ask which GPUs it was given (sk_task_gpus).
+ * so nothing changes for engines without GPUs. A handler learns the GPUs
+ * it was given from sk_task.gpus (sk_task_gpus).
  *
  * Thread: the opener's for open/register/start/close; engine_get_workflow
- * from any thread; engine_job_run on bulkhead threads.
+ * from any thread.
  */
 #include "core/engine.h"
 
@@ -36,20 +36,8 @@
 #define DEFAULT_DATA_DIR "./.skald"
 #define GPU_EVENT_TIMEOUT_MS 200 /* bounds how long close waits for events */
 
-/* The job whose handler runs on this thread (engine_job_run). */
-static _Thread_local const exec_job *tls_job;
-
-void engine_job_run(pool_link *link, void *ud) {
-  tls_job = (const exec_job *)link;
-  job_run(link, ud);
-  tls_job = NULL;
-}
-
 const char *sk_task_gpus(const sk_task *t) {
-  const exec_job *j = tls_job;
-  if (t == NULL || j == NULL || t->impl != (const void *)&j->cancel)
-    return "";
-  return j->gpus;
+  return t != NULL && t->gpus != NULL ? t->gpus : "";
 }
 
 void engine_gpu_view(const struct sk_engine *e, const node_gpu_report *r,
@@ -563,7 +551,7 @@ static int start_pools(struct sk_engine *e) {
     bulkhead *b = &e->bulkheads[i];
     if (b->pool != NULL)
       continue;
-    int rc = pool_new(b->name, b->concurrency, engine_job_run, e, &b->pool);
+    int rc = pool_new(b->name, b->concurrency, job_run, e, &b->pool);
     if (rc != SK_OK)
       return rc;
   }

@@ -220,10 +220,6 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
 int engine_register_def(struct sk_engine *e, const def_workflow *src,
                         bool *created, sk_error *err);
 
-/* Runs a job on a bulkhead thread (pool_run_fn): job_run, with the job
- * visible to sk_task_gpus() for the handler's duration. */
-void engine_job_run(pool_link *link, void *ud);
-
 /* Fills a placement view of the report r with this node's reservations
  * (NULL arrays: none) and the engine's placement options. */
 void engine_gpu_view(const struct sk_engine *e, const node_gpu_report *r,

@@ -66,9 +66,30 @@ static void wait_for_news(struct sk_engine *e, uint64_t gen, int64_t ms) {
   pthread_mutex_unlock(&e->mu);
 }
 
+/* One lease attempt: GPU-aware when the worker reported its GPUs. */
+static int poll_once(struct sk_engine *e, const remote_poll_req *req,
+                     leased_task **out, task_needs **needs, size_t *n_out,
+                     sk_error *err) {
+  if (req->gpus == NULL)
+    return taskqueue_dequeue_any(e->query_conn, req->worker_id,
+                                 e->o.lease_ttl_ms, req->task_types,
+                                 req->n_task_types, req->max, out, n_out,
+                                 err);
+  int64_t caps[GPU_MAX];
+  unsigned n_caps = 0, idle = 0;
+  placement_envelope(req->gpus, caps, &n_caps, &idle);
+  dequeue_gpu_fit fit = {.caps = caps, .n_caps = n_caps, .idle = idle};
+  return taskqueue_dequeue_any_gpu(e->query_conn, req->worker_id,
+                                   e->o.lease_ttl_ms, req->task_types,
+                                   req->n_task_types, req->max, &fit, out,
+                                   needs, n_out, err);
+}
+
 int remote_poll(struct sk_engine *e, const remote_poll_req *req,
-                leased_task **out, size_t *n_out, sk_error *err) {
+                leased_task **out, task_needs **needs, size_t *n_out,
+                sk_error *err) {
   *out = NULL;
+  *needs = NULL;
   *n_out = 0;
   if (req->worker_id == NULL || req->worker_id[0] == '\0' ||
       strlen(req->worker_id) > SK_NAME_MAX)
@@ -93,10 +114,7 @@ int remote_poll(struct sk_engine *e, const remote_poll_req *req,
     uint64_t gen = e->gen;
     pthread_mutex_unlock(&e->mu);
     pthread_mutex_lock(&e->q_mu);
-    int rc = taskqueue_dequeue_any(e->query_conn, req->worker_id,
-                                   e->o.lease_ttl_ms, req->task_types,
-                                   req->n_task_types, req->max, out, n_out,
-                                   err);
+    int rc = poll_once(e, req, out, needs, n_out, err);
     pthread_mutex_unlock(&e->q_mu);
     if (rc != SK_OK || *n_out > 0 || atomic_load(&e->polls_closed))
       return rc;

@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #include "core/engine.h"
+#include "sched/placement.h"
+#include "store/taskqueue.h"
 
 #define REMOTE_TASK_ID_MAX 64
 #define REMOTE_MAX_TASKS 100
@@ -28,13 +30,19 @@ typedef struct remote_poll_req {
   size_t n_task_types;
   int max;                        /* 1..REMOTE_MAX_TASKS */
   int64_t wait_ms;                /* 0..REMOTE_MAX_WAIT_MS */
+  /* The worker's GPUs as it reported them, or NULL: a worker that reports
+   * none receives only tasks without GPU needs. */
+  const placement_node *gpus;
 } remote_poll_req;
 
 /* Leases up to max tasks of the given types, waiting up to wait_ms for
- * some to come due (woken by commits and notifications). *out is the
- * caller's (leased_task_clear each, then free). */
+ * some to come due (woken by commits and notifications); at most one of
+ * them needs GPUs, and only one that fits the reported GPUs. *out is the
+ * caller's (leased_task_clear each, then free), and so is *needs (one per
+ * task, or NULL). */
 int remote_poll(struct sk_engine *e, const remote_poll_req *req,
-                leased_task **out, size_t *n_out, sk_error *err);
+                leased_task **out, task_needs **needs, size_t *n_out,
+                sk_error *err);
 
 void remote_task_id(const store_lease *l, char buf[REMOTE_TASK_ID_MAX]);
 /* Parses a task id into l (token left 0). SK_EINVAL if malformed. */

@@ -130,6 +130,7 @@ void job_run(pool_link *link, void *ud) {
                  .attempt = j->task.lease.attempt,
                  .is_compensation = j->task.lease.kind == TASK_KIND_COMP,
                  .deadline_ms = j->deadline_wall_ms,
+                 .gpus = j->gpus,
                  .impl = &j->cancel};
     int rc = j->h->fn(&t, &j->result, j->h->udata);
     if (!j->result.set) {

@@ -50,6 +50,7 @@ typedef struct wtask {
 
 struct sk_worker {
   char *url, *api_key, *worker_id;
+  char *gpus_json;        /* normalised array, or NULL */
   int concurrency, poll_wait_ms;
   whandler *h;
   size_t n_h;
@@ -94,6 +95,17 @@ int sk_worker_new(const sk_worker_options *o, sk_worker **out,
   w->worker_id = strdup(o->worker_id != NULL ? o->worker_id : id);
   w->concurrency = o->concurrency;
   w->poll_wait_ms = o->poll_wait_ms;
+  if (o->gpus_json != NULL) {
+    cJSON *g = json_parse_exact(o->gpus_json, strlen(o->gpus_json));
+    bool ok = cJSON_IsArray(g);
+    w->gpus_json = ok ? cJSON_PrintUnformatted(g) : NULL;
+    cJSON_Delete(g);
+    if (w->gpus_json == NULL) {
+      sk_worker_free(w);
+      return sk_error_set(err, SK_EINVAL,
+                          "gpus_json must be a JSON array of GPUs");
+    }
+  }
   pthread_mutex_init(&w->mu, NULL);
   log_set_level(o->log_level);
   if (w->url == NULL || w->worker_id == NULL ||
@@ -275,6 +287,9 @@ static void run_task(sk_worker *w, CURL *c, const cJSON *task, buf *resp) {
                      ? cJSON_GetObjectItem(task, "attempt")->valueint
                      : 1,
       .is_compensation = kind != NULL && strcmp(kind, "comp") == 0,
+      .gpus = cJSON_GetStringValue(cJSON_GetObjectItem(task, "gpus")) != NULL
+                  ? cJSON_GetStringValue(cJSON_GetObjectItem(task, "gpus"))
+                  : "",
       .deadline_ms = clock_now_ms() + (cJSON_IsNumber(deadline)
                                            ? (int64_t)deadline->valuedouble
                                            : 30000),
@@ -313,7 +328,10 @@ static char *poll_json(const sk_worker *w) {
       buf_putc(&b, ',');
     buf_json_str(&b, w->h[i].type);
   }
-  buf_printf(&b, "],\"max\":1,\"wait_ms\":%d}", w->poll_wait_ms);
+  buf_printf(&b, "],\"max\":1,\"wait_ms\":%d", w->poll_wait_ms);
+  if (w->gpus_json != NULL)
+    buf_printf(&b, ",\"node\":{\"gpus\":%s}", w->gpus_json);
+  buf_putc(&b, '}');
   return buf_steal(&b);
 }
 
@@ -444,6 +462,7 @@ void sk_worker_free(sk_worker *w) {
     memset(w->api_key, 0, strlen(w->api_key));
   free(w->api_key);
   free(w->worker_id);
+  free(w->gpus_json);
   pthread_mutex_destroy(&w->mu);
   free(w);
 }

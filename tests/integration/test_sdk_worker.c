@@ -251,3 +251,75 @@ Test(sdk_worker, stops_promptly_and_refuses_bad_options, .init = setup,
   cr_assert_eq(sk_worker_register_task(x, "Bad Name", slow, NULL), SK_EINVAL);
   sk_worker_free(x);
 }
+
+/* ---- GPU steps and remote workers ---------------------------------------- */
+
+static char gpu_seen[64];
+static atomic_int gpu_by_small, gpu_by_big;
+
+static int gpu_step(const sk_task *t, sk_task_result *r, void *ud) {
+  atomic_fetch_add((atomic_int *)ud, 1);
+  snprintf(gpu_seen, sizeof(gpu_seen), "%s", sk_task_gpus(t));
+  return sk_result_ok(r, "{}");
+}
+
+static sk_worker *gpu_worker(const char *id, const char *gpus, atomic_int *n,
+                             pthread_t *th) {
+  sk_worker_options o;
+  sk_worker_options_init(&o);
+  o.url = d.base;
+  o.worker_id = id;
+  o.poll_wait_ms = 500;
+  o.log_level = 1;
+  o.gpus_json = gpus;
+  sk_worker *x = NULL;
+  sk_error err = {0};
+  cr_assert_eq(sk_worker_new(&o, &x, &err), SK_OK, "%s", err.message);
+  cr_assert_eq(sk_worker_register_task(x, "w.gpu", gpu_step, n), SK_OK);
+  cr_assert_eq(pthread_create(th, NULL, run_worker, x), 0);
+  return x;
+}
+
+Test(sdk_worker, gpu_steps_go_only_to_workers_whose_gpus_fit, .init = setup,
+     .fini = teardown, .timeout = 120) {
+  skd_resp r = {0};
+  post_ok("/v1/workflows",
+          "{\"name\":\"wgpu\",\"version\":1,\"steps\":[{\"name\":\"train\","
+          "\"task\":\"w.gpu\",\"resources\":{\"gpus\":1,"
+          "\"gpu_memory_mb\":20000}}]}",
+          201, &r);
+  skd_resp_free(&r);
+  atomic_store(&gpu_by_small, 0);
+  atomic_store(&gpu_by_big, 0);
+  /* One worker without GPUs, one with a GPU too small, one that fits (its
+   * GPU 1 is unhealthy, GPU 2 is the one that fits). */
+  pthread_t t1, t2, t3;
+  sk_worker *none = gpu_worker("no-gpus", NULL, &gpu_by_small, &t1);
+  sk_worker *small = gpu_worker(
+      "small",
+      "[{\"index\":0,\"state\":\"healthy\",\"memory_total_mb\":16000,"
+      "\"memory_free_mb\":16000}]",
+      &gpu_by_small, &t2);
+  sk_worker *big = gpu_worker(
+      "big",
+      "[{\"index\":1,\"state\":\"unhealthy\",\"memory_total_mb\":81920,"
+      "\"memory_free_mb\":81920},{\"index\":2,\"state\":\"healthy\","
+      "\"memory_total_mb\":81920,\"memory_free_mb\":81920}]",
+      &gpu_by_big, &t3);
+  char ids[4][37];
+  for (int i = 0; i < 4; i++)
+    start_run("wgpu", "{}", ids[i]);
+  for (int i = 0; i < 4; i++)
+    wait_status(ids[i], "completed", 20000);
+  sk_worker *all[3] = {none, small, big};
+  pthread_t ths[3] = {t1, t2, t3};
+  for (int i = 0; i < 3; i++) {
+    sk_worker_stop(all[i]);
+    pthread_join(ths[i], NULL);
+    sk_worker_free(all[i]);
+  }
+  cr_assert_eq(atomic_load(&gpu_by_small), 0,
+               "a worker whose GPUs do not fit got a GPU step");
+  cr_assert_eq(atomic_load(&gpu_by_big), 4);
+  cr_assert_str_eq(gpu_seen, "2", "the handler was told the wrong GPU");
+}

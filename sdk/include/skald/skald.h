@@ -206,11 +206,13 @@ typedef struct sk_task {
   int attempt;             /* 1-based */
   bool is_compensation;
   int64_t deadline_ms;     /* wall clock (ms since epoch) the attempt ends */
+  const char *gpus;        /* GPUs given to the attempt ("0,1"), or "" */
   const void *impl;        /* private: the attempt's cancel flag */
 } sk_task;
 
 /* The GPUs this attempt was given, CUDA_VISIBLE_DEVICES style ("0,1"), or
- * "" when the step asked for none. Valid for the handler's call. */
+ * "" when the step asked for none (the same as t->gpus). Valid for the
+ * handler's call, in-process and on remote workers alike. */
 SK_EXPORT const char *sk_task_gpus(const sk_task *t);
 
 /* What a handler reports. Fill it with sk_result_ok / sk_result_error. */
@@ -417,6 +419,12 @@ typedef struct sk_worker_options {
   int concurrency;        /* handler threads; default 4 */
   int poll_wait_ms;       /* long-poll wait; default 10000 */
   int log_level;          /* as sk_engine_options; default 2 */
+  /* The GPUs this worker offers, reported in every poll as a JSON array:
+   * [{"index": 0, "state": "healthy", "memory_total_mb": 81920,
+   *   "memory_free_mb": 80000, "utilization": 3}, ...]. NULL: none, so the
+   * worker receives only steps without GPU needs. A GPU step's handler
+   * learns which GPUs it got from sk_task_gpus(). */
+  const char *gpus_json;
 } sk_worker_options;
 
 SK_EXPORT void sk_worker_options_init(sk_worker_options *o);
