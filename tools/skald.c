@@ -33,6 +33,7 @@ typedef struct config {
   char *node_name;
   int lease_ttl_ms;
   int log_level;
+  int retention_days;
   int rate_limit;   /* requests per second per key; 0 = no limit */
   int rate_burst;
 } config;
@@ -70,6 +71,10 @@ static void usage(FILE *f) {
           "SKALD_LEASE_TTL_MS, 15000)\n"
           "  --log-level N        0 error, 1 warning, 2 info, 3 debug "
           "(default 2)\n"
+          "  --retention-days N   delete finished sagas older than N days "
+          "(env\n"
+          "                       SKALD_RETENTION_DAYS; default 0: keep "
+          "them)\n"
           "  --rate-limit N       requests per second per API key (env "
           "SKALD_RATE_LIMIT,\n"
           "                       default 200; 0 turns the limit off)\n"
@@ -105,6 +110,7 @@ static int parse_args(int argc, char **argv, config *c) {
   const char *ttl = getenv("SKALD_LEASE_TTL_MS");
   const char *rate = getenv("SKALD_RATE_LIMIT");
   const char *burst = getenv("SKALD_RATE_BURST");
+  const char *retention = getenv("SKALD_RETENTION_DAYS");
   c->log_level = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -127,6 +133,10 @@ static int parse_args(int argc, char **argv, config *c) {
     }
     if (!known && strcmp(argv[i], "--rate-limit") == 0 && i + 1 < argc) {
       rate = argv[++i];
+      known = true;
+    }
+    if (!known && strcmp(argv[i], "--retention-days") == 0 && i + 1 < argc) {
+      retention = argv[++i];
       known = true;
     }
     if (!known && strcmp(argv[i], "--rate-burst") == 0 && i + 1 < argc) {
@@ -156,6 +166,11 @@ static int parse_args(int argc, char **argv, config *c) {
   c->lease_ttl_ms = 15000;
   if (ttl != NULL && parse_int(ttl, 300, 3600000, &c->lease_ttl_ms) != 0) {
     fprintf(stderr, "skald: lease TTL must be 300 to 3600000 ms\n");
+    return 2;
+  }
+  if (retention != NULL &&
+      parse_int(retention, 0, 36500, &c->retention_days) != 0) {
+    fprintf(stderr, "skald: retention must be 0 to 36500 days\n");
     return 2;
   }
   c->rate_limit = 200;
@@ -217,6 +232,7 @@ static int open_engine(const config *c, sk_engine **out) {
   o.node_name = c->node_name;
   o.lease_ttl_ms = c->lease_ttl_ms;
   o.log_level = c->log_level;
+  o.retention_days = c->retention_days;
   /* Task types are run by remote workers; the daemon has no handlers. */
   o.allow_unknown_task_types = true;
   sk_error err = {0};

@@ -644,6 +644,38 @@ static int cmd_replay(ctl *c) {
 /* ---- cluster ---------------------------------------------------------------
  */
 
+/* One row per GPU of the nodes that report GPUs: state, reason, readings. */
+static void print_gpus(const cJSON *nodes) {
+  table t = {.ncols = 8};
+  ctl_table_add(&t, "NODE", "GPU", "STATE", "REASON", "FREE MB", "TEMP",
+                "UTIL", "HOLDERS");
+  size_t rows = 0;
+  const cJSON *n;
+  cJSON_ArrayForEach(n, nodes) {
+    const cJSON *cap = cJSON_GetObjectItemCaseSensitive(n, "capacity");
+    const cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(cap, "gpus")) {
+      const cJSON *rd = cJSON_GetObjectItemCaseSensitive(g, "readings");
+      char idx[16], free_mb[32], temp[16], util[16], holders[16];
+      snprintf(idx, sizeof(idx), "%d", (int)ctl_jnum(g, "index", 0));
+      snprintf(free_mb, sizeof(free_mb), "%.0f", ctl_jnum(g, "free_mb", 0));
+      snprintf(temp, sizeof(temp), "%.0f C", ctl_jnum(rd, "temp_c", 0));
+      snprintf(util, sizeof(util), "%.0f %%", ctl_jnum(rd, "util_gpu", 0));
+      snprintf(holders, sizeof(holders), "%.0f", ctl_jnum(g, "holders", 0));
+      const char *reason = ctl_jstr(g, "reason");
+      ctl_table_add(&t, ctl_jstr(n, "name"), idx, ctl_jstr(g, "state"),
+                    reason[0] ? reason : "-", free_mb, temp, util, holders);
+      rows++;
+    }
+  }
+  if (rows > 0) {
+    printf("\n");
+    ctl_table_print(&t);
+  } else {
+    ctl_table_free(&t);
+  }
+}
+
 static int cmd_nodes(ctl *c) {
   cJSON *j = NULL;
   char *raw = NULL;
@@ -653,20 +685,32 @@ static int cmd_nodes(ctl *c) {
   if (c->json) {
     printf("%s\n", raw);
   } else {
-    table t = {.ncols = 4};
-    ctl_table_add(&t, "NODE", "STARTED", "HEARTBEAT AGE", "CAPACITY");
+    const cJSON *nodes = cJSON_GetObjectItemCaseSensitive(j, "nodes");
+    table t = {.ncols = 6};
+    ctl_table_add(&t, "NODE", "ALIVE", "STARTED", "HEARTBEAT AGE",
+                  "IN FLIGHT", "GPUS");
     const cJSON *n;
-    cJSON_ArrayForEach(n, cJSON_GetObjectItemCaseSensitive(j, "nodes")) {
-      char start[32], age[32];
+    cJSON_ArrayForEach(n, nodes) {
+      const cJSON *cap = cJSON_GetObjectItemCaseSensitive(n, "capacity");
+      char start[32], age[32], inflight[16], gpus[64];
       ctl_fmt_ts(ctl_jstr(n, "started_at"), start);
       snprintf(age, sizeof(age), "%.1f s",
                ctl_jnum(n, "heartbeat_age_ms", 0) / 1000);
-      char *cap =
-          ctl_short_json(cJSON_GetObjectItemCaseSensitive(n, "capacity"), 80);
-      ctl_table_add(&t, ctl_jstr(n, "name"), start, age, cap);
-      free(cap);
+      snprintf(inflight, sizeof(inflight), "%.0f",
+               ctl_jnum(cap, "inflight", 0));
+      int ngpu = cJSON_GetArraySize(
+          cJSON_GetObjectItemCaseSensitive(cap, "gpus"));
+      bool draining = cJSON_IsTrue(
+          cJSON_GetObjectItemCaseSensitive(cap, "draining"));
+      snprintf(gpus, sizeof(gpus), "%d%s", ngpu, draining ? " (draining)" : "");
+      ctl_table_add(&t, ctl_jstr(n, "name"),
+                    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "alive"))
+                        ? "yes"
+                        : "no",
+                    start, age, inflight, gpus);
     }
     ctl_table_print(&t);
+    print_gpus(nodes);
   }
   free(raw);
   cJSON_Delete(j);
@@ -784,7 +828,8 @@ static const command commands[] = {
     {"nodes",
      cmd_nodes,
      "nodes",
-     "Lists the engine nodes with their heartbeat age and capacity.\n",
+     "Lists the engine nodes (alive, heartbeat age, work in flight, GPUs)\n"
+     "and, for nodes with GPUs, each GPU's state, reason and readings.\n",
      {NULL},
      0,
      0},

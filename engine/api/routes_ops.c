@@ -18,7 +18,9 @@ static void w_nodes(api_call *c) {
   char *json = NULL;
   sk_error err = {0};
   pthread_mutex_lock(&c->e->q_mu);
-  int rc = queries_list_nodes(c->e->query_conn, &json, &err);
+  /* A node beats every lease_ttl/3: three missed beats and it is dead. */
+  int rc = queries_list_nodes(c->e->query_conn, c->e->o.lease_ttl_ms, &json,
+                              &err);
   pthread_mutex_unlock(&c->e->q_mu);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);

@@ -122,6 +122,9 @@ static int check_options(const sk_engine_options *o, sk_error *err) {
   if (o->breaker_failure_threshold < 1 || o->breaker_open_ms < 1)
     return sk_error_set(err, SK_EINVAL,
                         "breaker settings must be positive");
+  if (o->retention_days < 0 || o->retention_days > 36500)
+    return sk_error_set(err, SK_EINVAL,
+                        "retention_days must be between 0 and 36500");
   if (o->default_concurrency < 1 || o->default_concurrency > 4096)
     return sk_error_set(err, SK_EINVAL,
                         "default_concurrency must be between 1 and 4096");

@@ -172,7 +172,8 @@ struct sk_engine {
   PGconn *commit_conn, *dequeue_conn, *aux_conn, *listen_conn;
   bool commit_busy, dequeue_busy, aux_busy;
   bool dequeue_wanted;
-  bool dequeue_forced;      /* a timer asked for a forced dequeue while
+  bool dequeue_forced;
+  int64_t duties_at_ms;     /* last try of the singleton duties */      /* a timer asked for a forced dequeue while
                                one was in flight */
   bool commit_backoff;
   int64_t retry_delay_ms;

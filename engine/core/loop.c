@@ -906,6 +906,7 @@ typedef struct aux_work {
   bool *lost, *cancel;
   size_t n;
   bool release;           /* hand the leases back instead */
+  bool duties;            /* also try the cluster's singleton duties */
   char *capacity;         /* heartbeat: the node's capacity JSON */
   int rc;
   sk_error err;
@@ -926,6 +927,18 @@ static void aux_work_fn(uv_work_t *req) {
   snprintf(cap, sizeof(cap), "{\"inflight\": %zu}", w->n);
   queries_node_heartbeat(e->aux_conn, e->node,
                          w->capacity != NULL ? w->capacity : cap, NULL);
+  if (w->duties) {
+    /* Forget nodes silent for 40 leases (10 minutes at least). */
+    int64_t reap = 40LL * e->o.lease_ttl_ms;
+    size_t reaped = 0, purged = 0;
+    sk_error derr = {0};
+    if (queries_singleton_duties(e->aux_conn, reap < 600000 ? 600000 : reap,
+                                 e->o.retention_days, &reaped, &purged,
+                                 &derr) == SK_OK &&
+        (reaped > 0 || purged > 0))
+      log_write(LOG_INFO, "singleton duties", "#nodes_reaped",
+                (int64_t)reaped, "#sagas_purged", (int64_t)purged, NULL);
+  }
 }
 
 static void aux_work_free(aux_work *w) {
@@ -1060,10 +1073,15 @@ static void renew_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
   if (e->aux_busy)
     return;
+  int64_t now = clock_mono_ms();
+  bool duties = now - e->duties_at_ms >= 10000;
+  if (duties)
+    e->duties_at_ms = now;
   aux_work *w = aux_work_new(e, e->n_inflight);
   if (w == NULL)
     return;
   w->capacity = capacity_json(e);
+  w->duties = duties;
   for (exec_job *j = e->inflight; j != NULL; j = j->next_inflight) {
     if (atomic_load(&j->state) == JOB_ABANDONED)
       continue;

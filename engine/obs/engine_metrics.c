@@ -22,7 +22,8 @@ struct engine_metrics {
   metrics *reg;
   metric *step_seconds, *retries, *comps, *recoveries, *breaker_state,
       *breaker_opens, *bh_in_use, *bh_capacity, *commits, *ops, *fenced,
-      *sagas, *queue;
+      *sagas, *queue, *gpu_state, *gpu_mem_free, *gpu_temp, *gpu_util,
+      *node_draining;
 };
 
 static const double SECONDS[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -85,6 +86,23 @@ int engine_metrics_new(engine_metrics **out) {
                                "Due tasks waiting for a lease "
                                "(cluster-wide).",
                                tt, 1, &m->queue);
+  static const char *const gpu[] = {"gpu"};
+  rc = rc ? rc : metrics_gauge(m->reg, "skald_gpu_state",
+                               "GPU health on this node: 0 unknown, 1 "
+                               "healthy, 2 degraded, 3 unhealthy.",
+                               gpu, 1, &m->gpu_state);
+  rc = rc ? rc : metrics_gauge(m->reg, "skald_gpu_memory_free_bytes",
+                               "Free GPU memory as the provider reports it.",
+                               gpu, 1, &m->gpu_mem_free);
+  rc = rc ? rc : metrics_gauge(m->reg, "skald_gpu_temperature_celsius",
+                               "GPU temperature.", gpu, 1, &m->gpu_temp);
+  rc = rc ? rc : metrics_gauge(m->reg, "skald_gpu_utilization_percent",
+                               "GPU utilization over the last sample.", gpu,
+                               1, &m->gpu_util);
+  rc = rc ? rc : metrics_gauge(m->reg, "skald_node_draining",
+                               "1 while this node takes no new GPU work "
+                               "(a node-wide GPU fault).",
+                               NULL, 0, &m->node_draining);
   if (rc != SK_OK) {
     engine_metrics_free(m);
     return rc;
@@ -152,8 +170,38 @@ static int gauge_from_query(PGconn *c, metric *g, const char *sql) {
   return SK_OK;
 }
 
+/* This node's GPUs from its health sampler (nothing without one). */
+static void gpu_gauges(struct sk_engine *e, engine_metrics *m) {
+  if (e->gpu_health == NULL)
+    return;
+  node_gpu_report *r = malloc(sizeof(*r));
+  if (r == NULL)
+    return;
+  health_snapshot(e->gpu_health, r);
+  metrics_set(m->node_draining, NULL, r->draining ? 1 : 0);
+  for (unsigned i = 0; i < r->n_gpus && i < GPU_MAX; i++) {
+    const gpu_health *g = &r->gpu[i];
+    char idx[16];
+    snprintf(idx, sizeof(idx), "%u", g->r.index);
+    const char *v[1] = {idx};
+    double state = g->state == GH_HEALTHY     ? 1
+                   : g->state == GH_DEGRADED  ? 2
+                   : g->state == GH_UNHEALTHY ? 3
+                                              : 0;
+    metrics_set(m->gpu_state, v, state);
+    if (g->r.valid & GPU_F_MEM)
+      metrics_set(m->gpu_mem_free, v, (double)g->r.mem_free);
+    if (g->r.valid & GPU_F_TEMP)
+      metrics_set(m->gpu_temp, v, g->r.temp_c);
+    if (g->r.valid & GPU_F_UTIL)
+      metrics_set(m->gpu_util, v, g->r.util_gpu);
+  }
+  free(r);
+}
+
 int engine_metrics_render(struct sk_engine *e, char **text) {
   engine_metrics *m = e->metrics;
+  gpu_gauges(e, m);
   for (size_t i = 0; i < e->n_bulkheads; i++) {
     const char *v[1] = {e->bulkheads[i].name};
     double load = e->bulkheads[i].pool ? (double)pool_load(e->bulkheads[i].pool)

@@ -325,7 +325,21 @@ int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err) {
       "  ELSE 'fallback' END, 'attempt', t.attempt, "
       "  'available_at', t.available_at, 'lease_owner', t.lease_owner, "
       "  'leased', t.lease_owner IS NOT NULL AND t.available_at > now(), "
-      "  'deliveries', t.deliveries, 'cancel_requested', t.cancel_requested) "
+      "  'deliveries', t.deliveries, 'cancel_requested', t.cancel_requested, "
+      "  'gpus', t.gpus, 'gpu_memory_mb', t.gpu_memory_mb, "
+      /* A due GPU task that no live, non-draining node's healthy GPUs fit
+       * waits; the view says why instead of leaving the user to guess. */
+      "  'waiting_for', CASE WHEN t.gpus > 0 AND t.available_at <= now() "
+      "    AND NOT EXISTS (SELECT 1 FROM nodes n "
+      "      WHERE n.heartbeat_at > now() - interval '60 seconds' "
+      "      AND NOT coalesce((n.capacity->>'draining')::bool, false) "
+      "      AND (SELECT count(*) FROM jsonb_array_elements("
+      "             coalesce(n.capacity->'gpus', '[]'::jsonb)) g "
+      "           WHERE g->>'state' = 'healthy' AND (t.gpu_memory_mb = 0 "
+      "             OR coalesce((g->>'free_mb')::bigint, 0) >= "
+      "                t.gpu_memory_mb)) >= t.gpus) "
+      "    THEN format('gpus: no live node has %s healthy GPU(s) with %s MB "
+      "      free each', t.gpus, t.gpu_memory_mb) END) "
       "  ORDER BY t.step, t.kind) FROM tasks t WHERE t.saga_id = s.id), "
       "  '[]'::jsonb)))::text FROM sagas s WHERE s.id = $1",
       1, p, "could not read saga", json, err);
@@ -389,13 +403,68 @@ int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
   return SK_OK;
 }
 
-int queries_list_nodes(PGconn *c, char **json, sk_error *err) {
+int queries_list_nodes(PGconn *c, int64_t stale_ms, char **json,
+                       sk_error *err) {
+  char stale[32];
+  snprintf(stale, sizeof(stale), "%lld", (long long)stale_ms);
+  const char *p[1] = {stale};
   return query_json(
       c,
       "SELECT coalesce(json_agg(json_build_object('name', name, "
+      "  'alive', now() - heartbeat_at < make_interval(secs => "
+      "    $1::bigint / 1000.0), "
       "  'started_at', started_at, 'heartbeat_at', heartbeat_at, "
       "  'heartbeat_age_ms', (extract(epoch FROM now() - heartbeat_at) "
       "  * 1000)::bigint, 'capacity', capacity, 'info', info) ORDER BY name), "
       "  '[]')::text FROM nodes",
-      0, NULL, "could not list nodes", json, err);
+      1, p, "could not list nodes", json, err);
+}
+
+int queries_singleton_duties(PGconn *c, int64_t reap_after_ms,
+                             int retention_days, size_t *reaped,
+                             size_t *purged, sk_error *err) {
+  *reaped = *purged = 0;
+  int rc;
+  PGresult *r = query(c, "SELECT pg_try_advisory_lock(7346250916341112)", 0,
+                      NULL, "could not take the singleton lock", &rc, err);
+  if (r == NULL)
+    return rc;
+  bool mine = PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+  if (!mine)
+    return SK_ESTATE; /* another node holds the duties */
+  char reap[32], days[16];
+  snprintf(reap, sizeof(reap), "%lld", (long long)reap_after_ms);
+  snprintf(days, sizeof(days), "%d", retention_days);
+  const char *p1[1] = {reap};
+  r = query(c,
+            "WITH d AS (DELETE FROM nodes WHERE heartbeat_at < now() - "
+            "  make_interval(secs => $1::bigint / 1000.0) RETURNING 1) "
+            "SELECT count(*) FROM d",
+            1, p1, "could not reap dead nodes", &rc, err);
+  if (r == NULL)
+    return rc;
+  *reaped = (size_t)atoll(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  if (retention_days <= 0)
+    return SK_OK;
+  /* Finished sagas older than the retention, a bounded batch per run;
+   * failed and paused ones wait for an operator and are kept. */
+  const char *p2[1] = {days};
+  r = query(c,
+            "WITH old AS (SELECT id FROM sagas WHERE status IN ('completed', "
+            "  'compensated', 'cancelled') AND updated_at < now() - "
+            "  make_interval(days => $1::int) LIMIT 1000), "
+            "ev AS (DELETE FROM saga_events e USING old WHERE e.saga_id = "
+            "  old.id), "
+            "ik AS (DELETE FROM saga_idempotency i USING old WHERE "
+            "  i.saga_id = old.id), "
+            "s AS (DELETE FROM sagas x USING old WHERE x.id = old.id "
+            "  RETURNING 1) SELECT count(*) FROM s",
+            1, p2, "could not purge old sagas", &rc, err);
+  if (r == NULL)
+    return rc;
+  *purged = (size_t)atoll(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return SK_OK;
 }

@@ -74,9 +74,22 @@ int queries_list_sagas(PGconn *c, const char *status, const char *workflow,
 int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
                      int limit, char (**ids)[37], size_t *n, sk_error *err);
 
-/* Nodes with their heartbeat age: [{"name","started_at","heartbeat_at",
- * "heartbeat_age_ms","capacity","info"}]. */
-int queries_list_nodes(PGconn *c, char **json, sk_error *err);
+/* Nodes with their heartbeat age: [{"name","alive","started_at",
+ * "heartbeat_at","heartbeat_age_ms","capacity","info"}]; alive means a
+ * heartbeat within stale_ms. */
+int queries_list_nodes(PGconn *c, int64_t stale_ms, char **json,
+                       sk_error *err);
+
+/* The cluster's singleton duties, run by whichever node holds a
+ * session-level advisory lock (it stays held while that node's connection
+ * lives; when the node dies the next node to try takes over): forgets
+ * nodes silent for reap_after_ms, and, with retention_days > 0, deletes
+ * completed, compensated and cancelled sagas (with their events and keys)
+ * last updated longer ago, 1000 per run. SK_ESTATE when another node holds
+ * the duties. */
+int queries_singleton_duties(PGconn *c, int64_t reap_after_ms,
+                             int retention_days, size_t *reaped,
+                             size_t *purged, sk_error *err);
 
 /* Upserts this node's row with a fresh heartbeat. */
 int queries_node_heartbeat(PGconn *c, const char *node,

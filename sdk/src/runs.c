@@ -250,8 +250,10 @@ int sk_saga_wait(sk_engine *e, const char *saga_id, int64_t timeout_ms,
 int sk_saga_get_json(sk_engine *e, const char *saga_id, char **json_out) {
   if (e == NULL || json_out == NULL || !uuid_valid(saga_id))
     return SK_EINVAL;
+  /* The same view as GET /v1/sagas/{id}: the projection plus the queued or
+   * running tasks (lease, attempt, why a GPU step waits). */
   pthread_mutex_lock(&e->q_mu);
-  int rc = queries_saga_state(e->query_conn, saga_id, json_out, NULL, NULL);
+  int rc = queries_saga_view(e->query_conn, saga_id, json_out, NULL);
   pthread_mutex_unlock(&e->q_mu);
   return rc;
 }

@@ -149,6 +149,10 @@ typedef struct sk_engine_options {
    * not declared on it, fails with SK_ENOHANDLER, which catches typos. Set
    * this when other nodes run those types. */
   bool allow_unknown_task_types;
+  /* Completed, compensated and cancelled sagas last updated longer ago
+   * than this many days are deleted (with their events) by whichever node
+   * holds the cluster's singleton duties. 0 keeps them forever (default). */
+  int retention_days;
   /* GPUs (docs/gpu.md). Where readings come from: "nvml", "fake" or
    * "none"; NULL → SKALD_GPU_PROVIDER, else nvml when libnvidia-ml loads,
    * else none (this node runs no GPU steps; nothing else changes). */
@@ -393,7 +397,10 @@ SK_EXPORT int sk_saga_status(sk_engine *e, const char *saga_id,
 /* Waits until the saga is settled or timeout_ms passes (SK_ETIMEDOUT). */
 SK_EXPORT int sk_saga_wait(sk_engine *e, const char *saga_id,
                            int64_t timeout_ms, sk_status *out);
-/* The saga view (status, steps, outputs, errors) as JSON. */
+/* The saga view as JSON, the same as GET /v1/sagas/{id}: status, steps
+ * (status, attempts, outputs, errors, timings), input, error, links
+ * (replay_of / replayed_by) and "tasks": the work queued or running for it
+ * (attempt, lease owner, and "waiting_for" when a GPU step fits no node). */
 SK_EXPORT int sk_saga_get_json(sk_engine *e, const char *saga_id,
                                char **json_out);
 /* The saga's events with seq > after_seq, in order, as a JSON array. */
