@@ -2,11 +2,20 @@
 # bootstrap.sh — installs what building and testing Skald needs (Debian and
 # Ubuntu, apt-get). Quiet and quick when everything is there; as root it
 # installs what is missing (apt-get update only then); otherwise it prints
-# the exact command to run and exits 1.
+# the exact command to run and exits 1. scripts/bootstrap.sh --fuzz adds
+# what fuzzing needs (clang, libFuzzer).
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-dev
       libcriterion-dev libhttp-parser-dev libcurl4-openssl-dev valgrind)
+
+# --fuzz: also clang and libFuzzer (its runtime is in libclang-rt-dev), for
+# scripts/fuzz.sh. The normal build and tests never need them.
+fuzz=0
+if [ "${1:-}" = "--fuzz" ]; then
+  fuzz=1
+  pkgs+=(clang libclang-rt-dev)
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   # Not Debian: check the tools and libraries directly.
@@ -15,6 +24,10 @@ if ! command -v dpkg-query >/dev/null 2>&1; then
       echo "bootstrap: $c not found; install a C toolchain, cmake and" \
            "pkg-config" >&2; exit 1; }
   done
+  if [ $fuzz -eq 1 ] && ! command -v clang >/dev/null 2>&1; then
+    echo "bootstrap: clang not found; install clang with libFuzzer" >&2
+    exit 1
+  fi
   for m in libpq libuv libcjson criterion; do
     pkg-config --exists "$m" || {
       echo "bootstrap: pkg-config cannot find $m; install its" \

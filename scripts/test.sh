@@ -4,8 +4,12 @@
 # tests, run ctest (extra arguments pass through: scripts/test.sh -L unit),
 # stop PostgreSQL and remove its directory whatever happens.
 #
-# The last lines are "N passed, N failed" and then ctest's own summary
-# ("100% tests passed, 0 tests failed out of N"); the exit code is ctest's.
+# Then, for the whole suite, scripts/fuzz.sh runs each fuzz target briefly
+# (SKALD_FUZZ_SECONDS, default 60; 0 skips it).
+#
+# The last lines are "N passed, N failed" (the fuzz run counted as one
+# test) and then ctest's own summary ("100% tests passed, 0 tests failed
+# out of N"); the exit code is ctest's, or 1 if only fuzzing failed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -111,6 +115,22 @@ cleanup
 
 passed=$((total - failed))
 [ "$passed" -lt 0 ] && passed=0
+
+# ---- fuzzing (tests/fuzz, scripts/fuzz.sh) ----------------------------------
+# A short libFuzzer run of each target (SKALD_FUZZ_SECONDS each, 60 by
+# default; 0 skips), only for the whole suite (no ctest arguments). It
+# counts as one more test in the "N passed, N failed" line, and its failure
+# fails test.sh.
+fuzz_seconds=${SKALD_FUZZ_SECONDS:-60}
+if [ $# -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
+  if scripts/fuzz.sh --seconds "$fuzz_seconds"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    [ "$rc" -eq 0 ] && rc=1
+  fi
+fi
+
 echo "$passed passed, $failed failed"
 echo "$summary"
 exit "$rc"

@@ -247,9 +247,9 @@ static int open_engine(const config *c, sk_engine **out) {
 static int decide_auth(daemon_t *d, const config *c, bool *require) {
   bool any = false;
   sk_error err = {0};
-  pthread_mutex_lock(&d->engine->q_mu);
+  engine_q_lock(d->engine);
   int rc = auth_any_keys(d->engine->query_conn, &any, &err);
-  pthread_mutex_unlock(&d->engine->q_mu);
+  engine_q_unlock(d->engine);
   if (rc != SK_OK) {
     log_write(LOG_ERROR, "could not read API keys", "error", err.message,
               NULL);

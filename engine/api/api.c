@@ -174,10 +174,10 @@ static bool admit(api_call *c) {
   char key_id[64] = "anonymous";
   if (c->a->cfg.require_auth && !c->route->public) {
     sk_error err = {0};
-    pthread_mutex_lock(&c->e->q_mu);
+    engine_q_lock(c->e);
     int rc = auth_check(c->a->auth, c->e->query_conn, c->authorization,
                         key_id, &err);
-    pthread_mutex_unlock(&c->e->q_mu);
+    engine_q_unlock(c->e);
     if (rc != SK_OK) {
       if (rc == SK_EDB)
         api_fail(c, 503, "unavailable", "cannot check the API key now");

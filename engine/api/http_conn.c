@@ -412,8 +412,10 @@ static void feed(http_conn *c, const char *data, size_t len) {
     }
   } else if (e != HPE_OK) {
     fail_parser(c, e);
-  } else if (c->parser.upgrade) {
-    /* No upgrades here: answer what was parsed, then close. */
+  } else if (c->parser.upgrade && c->cur == NULL) {
+    /* No upgrades here: answer what was parsed, then close. http_parser
+     * flags an upgrade once the headers are in, so wait until the request
+     * (its body may come in later reads) is complete (found by fuzzing). */
     c->parse_dead = true;
     read_off(c);
     flush(c);

@@ -17,11 +17,11 @@
 static void w_nodes(api_call *c) {
   char *json = NULL;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   /* A node beats every lease_ttl/3: three missed beats and it is dead. */
   int rc = queries_list_nodes(c->e->query_conn, c->e->o.lease_ttl_ms, &json,
                               &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;
@@ -40,11 +40,9 @@ static void w_health(api_call *c) {
 static void w_ready(api_call *c) {
   int version = 0;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
-  if (PQstatus(c->e->query_conn) != CONNECTION_OK)
-    PQreset(c->e->query_conn);
+  engine_q_lock(c->e);
   int rc = migrate_current_version(c->e->query_conn, &version, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   int latest = migrate_latest_version();
   if (rc != SK_OK) {
     api_fail(c, 503, "not_ready", "the database is not reachable: %s",

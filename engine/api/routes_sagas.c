@@ -77,9 +77,9 @@ static void w_get(api_call *c) {
     return;
   char *json = NULL;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   int rc = queries_saga_view(c->e->query_conn, c->param, &json, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK)
     api_fail_sk(c, rc, &err);
   else
@@ -109,10 +109,10 @@ static void w_list(api_call *c) {
   }
   char *json = NULL;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   int rc = queries_list_sagas(c->e->query_conn, status, workflow, (int)limit,
                               cursor, &json, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK)
     api_fail_sk(c, rc, &err);
   else
@@ -237,10 +237,10 @@ static void w_bulk_replay(api_call *c) {
   char(*ids)[37] = NULL;
   size_t n = 0;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   int rc = queries_saga_ids(c->e->query_conn, status, workflow, (int)limit,
                             &ids, &n, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;

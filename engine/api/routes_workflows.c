@@ -53,9 +53,9 @@ static void w_register(api_call *c) {
 static void w_list(api_call *c) {
   char *json = NULL;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   int rc = queries_list_workflows(c->e->query_conn, &json, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;
@@ -80,10 +80,10 @@ static void w_get(api_call *c) {
   }
   char *spec = NULL;
   sk_error err = {0};
-  pthread_mutex_lock(&c->e->q_mu);
+  engine_q_lock(c->e);
   int rc = queries_load_def(c->e->query_conn, c->param, (int)version, &spec,
                             NULL, &err);
-  pthread_mutex_unlock(&c->e->q_mu);
+  engine_q_unlock(c->e);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;

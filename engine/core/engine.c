@@ -269,6 +269,14 @@ int sk_engine_register_task(sk_engine *e, const char *task_type,
   return SK_OK;
 }
 
+void engine_q_lock(struct sk_engine *e) {
+  pthread_mutex_lock(&e->q_mu);
+  if (e->query_conn != NULL && PQstatus(e->query_conn) != CONNECTION_OK)
+    PQreset(e->query_conn);
+}
+
+void engine_q_unlock(struct sk_engine *e) { pthread_mutex_unlock(&e->q_mu); }
+
 handler *engine_find_handler(struct sk_engine *e, const char *task_type) {
   for (size_t i = 0; i < e->n_handlers; i++)
     if (strcmp(e->handlers[i].task_type, task_type) == 0)
@@ -370,9 +378,9 @@ int engine_get_workflow(struct sk_engine *e, PGconn *conn, const char *name,
   }
   if (conn != NULL)
     return load_workflow(e, conn, name, version, out, err);
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = load_workflow(e, e->query_conn, name, version, out, err);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   return rc;
 }
 
@@ -501,10 +509,10 @@ int engine_register_def(struct sk_engine *e, const def_workflow *src,
   char *json = NULL;
   if (spec_to_json(src, &json) != SK_OK)
     return sk_error_set(err, SK_ENOMEM, NULL);
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   rc = queries_register_def(e->query_conn, src->name, src->version, json,
                             created, err);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   free(json);
   if (rc != SK_OK)
     return rc;

@@ -206,6 +206,12 @@ struct sk_engine {
   atomic_ullong n_commits, n_ops_committed, n_fenced, n_dequeues;
 };
 
+/* Locks the query connection for the caller (API threads share it) and
+ * re-establishes it first if it was lost (a restarted database, a
+ * terminated backend): a failed request is answered, the next one works. */
+void engine_q_lock(struct sk_engine *e);
+void engine_q_unlock(struct sk_engine *e);
+
 /* ---- registry (engine.c) ---- */
 handler *engine_find_handler(struct sk_engine *e, const char *task_type);
 bulkhead *engine_find_bulkhead(struct sk_engine *e, const char *name);

@@ -1552,7 +1552,7 @@ static const def_workflow *direct_get_def(void *ud, PGconn *c,
 }
 
 static int commit_direct(struct sk_engine *e, store_op *op, sk_error *err) {
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   ensure_conn(e->query_conn);
   saga_rng rng;
   pthread_mutex_lock(&e->mu);
@@ -1567,7 +1567,7 @@ static int commit_direct(struct sk_engine *e, store_op *op, sk_error *err) {
                    .ud = e};
   int rc = sagastore_commit(e->query_conn, &b, &env, err);
   store_batch_clear_out(&b);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   pthread_mutex_lock(&e->mu);
   e->gen++;
   pthread_cond_broadcast(&e->gen_cv);

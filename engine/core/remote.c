@@ -113,9 +113,9 @@ int remote_poll(struct sk_engine *e, const remote_poll_req *req,
     pthread_mutex_lock(&e->mu);
     uint64_t gen = e->gen;
     pthread_mutex_unlock(&e->mu);
-    pthread_mutex_lock(&e->q_mu);
+    engine_q_lock(e);
     int rc = poll_once(e, req, out, needs, n_out, err);
-    pthread_mutex_unlock(&e->q_mu);
+    engine_q_unlock(e);
     if (rc != SK_OK || *n_out > 0 || atomic_load(&e->polls_closed))
       return rc;
     int64_t left = end - clock_mono_ms();
@@ -142,10 +142,10 @@ int remote_heartbeat(struct sk_engine *e, const char *task_id, int64_t token,
     return sk_error_set(err, SK_EINVAL, "malformed task id");
   l.token = token;
   bool lost = true, cx = false;
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = taskqueue_renew(e->query_conn, &l, 1, e->o.lease_ttl_ms, &lost,
                            &cx, err);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   if (rc != SK_OK)
     return rc;
   if (cancel != NULL)

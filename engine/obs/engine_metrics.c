@@ -217,7 +217,7 @@ int engine_metrics_render(struct sk_engine *e, char **text) {
     const char *v[1] = {saga_status_name((saga_status)s)};
     metrics_set(m->sagas, v, 0);
   }
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = gauge_from_query(e->query_conn, m->sagas,
                             "SELECT status, count(*) FROM sagas GROUP BY 1");
   if (rc == SK_OK)
@@ -225,7 +225,7 @@ int engine_metrics_render(struct sk_engine *e, char **text) {
                           "SELECT CASE action WHEN 'task' THEN task_type "
                           "ELSE action END, count(*) FROM tasks "
                           "WHERE available_at <= now() GROUP BY 1");
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   if (rc != SK_OK)
     return rc;
   buf b = BUF_INIT;

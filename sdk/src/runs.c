@@ -208,9 +208,9 @@ int sk_saga_status(sk_engine *e, const char *saga_id, sk_status *out) {
   if (e == NULL || out == NULL || !uuid_valid(saga_id))
     return SK_EINVAL;
   saga_status st;
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = queries_saga_state(e->query_conn, saga_id, NULL, &st, NULL);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   if (rc == SK_OK)
     *out = (sk_status)st;
   return rc;
@@ -252,9 +252,9 @@ int sk_saga_get_json(sk_engine *e, const char *saga_id, char **json_out) {
     return SK_EINVAL;
   /* The same view as GET /v1/sagas/{id}: the projection plus the queued or
    * running tasks (lease, attempt, why a GPU step waits). */
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = queries_saga_view(e->query_conn, saga_id, json_out, NULL);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   return rc;
 }
 
@@ -262,9 +262,9 @@ int sk_saga_events_json(sk_engine *e, const char *saga_id, int64_t after_seq,
                         char **json_out) {
   if (e == NULL || json_out == NULL || !uuid_valid(saga_id) || after_seq < 0)
     return SK_EINVAL;
-  pthread_mutex_lock(&e->q_mu);
+  engine_q_lock(e);
   int rc = queries_events_json(e->query_conn, saga_id, after_seq, json_out,
                                NULL);
-  pthread_mutex_unlock(&e->q_mu);
+  engine_q_unlock(e);
   return rc;
 }

@@ -332,6 +332,29 @@ Test(http_server, happy_path) {
   harness_stop(&h);
 }
 
+/* An upgrade request is answered, then the connection closed, also when
+ * its body arrives in a later read (http_parser flags the upgrade as soon
+ * as the headers are in; found by fuzzing, see tests/fuzz/regressions). */
+Test(http_server, upgrade_with_body_in_a_later_read) {
+  harness h;
+  http_server_config cfg;
+  test_config(&cfg);
+  harness_start(&h, &cfg);
+  client c;
+  response r;
+  client_open(&c, h.port);
+  send_str(&c, "POST /v1/echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+               "Upgrade: websocket\r\nContent-Length: 8\r\n\r\n");
+  sleep_ms(50); /* a separate read, well inside the test's 300 ms timeout */
+  send_str(&c, "{\"a\": 1}");
+  read_response(&c, &r);
+  cr_expect_eq(r.status, 200, "the request was not answered");
+  cr_expect_str_eq(r.body, "{\"a\":1}");
+  cr_expect(r.close, "an upgrade request must close the connection");
+  client_close(&c);
+  harness_stop(&h);
+}
+
 Test(http_server, keep_alive_100_requests) {
   harness h;
   http_server_config cfg;
