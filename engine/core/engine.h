@@ -47,17 +47,27 @@ typedef enum engine_state {
 #undef ENGINE_STATE_ENUM
 } engine_state;
 
+/* What the metrics last showed of a breaker, so the loop updates them only
+ * when the breaker changed (not on every dequeue and call). [loop] */
+typedef struct breaker_shown {
+  bool valid;
+  breaker_state state;
+  uint64_t opens;
+} breaker_shown;
+
 typedef struct handler {
   char *task_type;
   sk_task_fn fn;
   void *udata;
   breaker br;       /* [loop] */
+  breaker_shown shown;
 } handler;
 
 /* A circuit breaker for one HTTP host ("scheme://host:port"). */
 typedef struct host_breaker {
   char key[HTTPCALL_KEY_MAX];
   breaker br;
+  breaker_shown shown;
 } host_breaker;
 
 typedef struct bulkhead {

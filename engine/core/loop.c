@@ -115,6 +115,17 @@ static bool counted_failure(const store_op *op) {
                      (op->err_type && strcmp(op->err_type, "Timeout") == 0));
 }
 
+/* Shows a breaker in the metrics when it changed since last shown. */
+static void show_breaker(struct sk_engine *e, const char *name,
+                         const breaker *b, breaker_shown *sh) {
+  if (sh->valid && sh->state == b->state && sh->opens == b->opens)
+    return;
+  sh->valid = true;
+  sh->state = b->state;
+  sh->opens = b->opens;
+  engine_metrics_breaker(e->metrics, name, b);
+}
+
 /* ---- http steps ---------------------------------------------------------- */
 
 static void queue_release_after(struct sk_engine *e, const store_lease *l,
@@ -138,6 +149,7 @@ static int host_index(struct sk_engine *e, const char *input) {
     return -1;
   e->hosts = p;
   host_breaker *h = &p[e->n_hosts];
+  memset(h, 0, sizeof(*h));
   snprintf(h->key, sizeof(h->key), "%s", key);
   breaker_init(&h->br, e->o.breaker_failure_threshold, e->o.breaker_open_ms);
   return (int)e->n_hosts++;
@@ -153,7 +165,7 @@ static bool defer_for_breaker(struct sk_engine *e, int host,
   breaker *br = &e->hosts[host].br;
   int64_t now = clock_now_ms();
   int allow = breaker_allow(br, now);
-  engine_metrics_breaker(e->metrics, e->hosts[host].key, br);
+  show_breaker(e, e->hosts[host].key, br, &e->hosts[host].shown);
   if (allow != 0) {
     breaker_on_dispatch(br);
     return false;
@@ -179,7 +191,7 @@ static void http_done(uint64_t id, httpcall_outcome *out, void *ud) {
   if (j->host >= 0 && !(j->shutdown_cancel && !out->ok)) {
     breaker *br = &e->hosts[j->host].br;
     breaker_record(br, out->ok, !out->ok && out->retryable, clock_now_ms());
-    engine_metrics_breaker(e->metrics, e->hosts[j->host].key, br);
+    show_breaker(e, e->hosts[j->host].key, br, &e->hosts[j->host].shown);
   }
   if (out->ok) {
     j->result = (struct sk_task_result){.set = true, .ok = true,
@@ -391,7 +403,7 @@ static void collect_done(struct sk_engine *e) {
                                op.ok ? "ok" : "error", secs);
         if (j->h != NULL) {
           breaker_record(&j->h->br, op.ok, counted_failure(&op), now);
-          engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+          show_breaker(e, j->h->task_type, &j->h->br, &j->h->shown);
         }
         push_result(e, &op);
       }
@@ -809,8 +821,8 @@ static bool build_lanes(struct sk_engine *e, dequeue_work *w) {
   size_t n_probe = 0;
   for (size_t i = 0; i < e->n_handlers; i++) {
     int allow = breaker_allow(&e->handlers[i].br, now);
-    engine_metrics_breaker(e->metrics, e->handlers[i].task_type,
-                           &e->handlers[i].br);
+    show_breaker(e, e->handlers[i].task_type, &e->handlers[i].br,
+                 &e->handlers[i].shown);
     if (allow < 0)
       w->types[w->n_types++] = e->handlers[i].task_type;
     else if (allow > 0)
@@ -1170,7 +1182,7 @@ static void watchdog_cb(uv_timer_t *t) {
              (long long)j->task.timeout_ms);
     job_failure_op(&j->task, "Timeout", msg, true, &op);
     breaker_record(&j->h->br, false, true, clock_now_ms());
-    engine_metrics_breaker(e->metrics, j->h->task_type, &j->h->br);
+    show_breaker(e, j->h->task_type, &j->h->br, &j->h->shown);
     engine_metrics_attempt(e->metrics, j->task.workflow, j->task.step_name,
                            j->task.lease.kind == TASK_KIND_COMP, "timeout",
                            (double)(now - started) / 1e3);
