@@ -71,10 +71,12 @@ static inline void run_start(run *r, def_workflow *wf) {
   apply(r);
 }
 
-static inline void run_init(run *r, const char *spec) { run_start(r, wf_json(spec)); }
+static inline void run_init(run *r, const char *spec) {
+  run_start(r, wf_json(spec));
+}
 
 static inline int result(run *r, int step, task_kind kind, int attempt, bool ok,
-                  const char *output_or_type, bool retryable) {
+                         const char *output_or_type, bool retryable) {
   saga_result res = {.step = step, .kind = kind, .attempt = attempt, .ok = ok};
   if (ok)
     res.output = output_or_type;
@@ -97,7 +99,8 @@ static inline void ok_fwd(run *r, int step, const char *out) {
                SK_OK, "result of step %d refused", step);
 }
 
-static inline void fail_fwd(run *r, int step, const char *type, bool retryable) {
+static inline void fail_fwd(run *r, int step, const char *type,
+                            bool retryable) {
   cr_assert_eq(result(r, step, TASK_KIND_FWD, r->st.steps[step].attempts, false,
                       type, retryable),
                SK_OK, "failure of step %d refused", step);
