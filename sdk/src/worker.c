@@ -390,7 +390,7 @@ static void *beater(void *arg) {
     pthread_mutex_unlock(&w->mu);
     for (size_t i = 0; i < n; i++) {
       char path[160], body[64];
-      snprintf(path, sizeof(path), "/v1/tasks/%s/heartbeat", ids[i]);
+      snprintf(path, sizeof(path), "/v1/tasks/%.95s/heartbeat", ids[i]);
       snprintf(body, sizeof(body), "{\"lease_token\":%lld}", tokens[i]);
       long status = 0;
       post(w, c, path, body, 5000, &status, &resp);
