@@ -30,8 +30,8 @@ esac
 echo "== building $BUILD (Release, no sanitizers)" >&2
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSKALD_TESTS=OFF \
   -DSKALD_ASAN=OFF -DSKALD_UBSAN=OFF -DSKALD_TSAN=OFF >/dev/null
-cmake --build "$BUILD" --target bench -j "$(nproc)" >/dev/null
-BENCH="$BUILD/bench"
+cmake --build "$BUILD" --target skald_bench -j "$(nproc)" >/dev/null
+BENCH="$BUILD/skald_bench"
 
 DATA=""
 DB_ARGS=()

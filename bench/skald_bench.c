@@ -1,5 +1,5 @@
 /*
- * bench.c — throughput and latency of the engine, run in-process.
+ * skald_bench.c — throughput and latency of the engine, run in-process.
  *
  * Runs N sagas of the workflow "bench_noop" v1 (K task steps of type "noop"
  * whose handler returns {} at once) with C sagas in flight, and prints
