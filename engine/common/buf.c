@@ -51,7 +51,27 @@ void buf_append(buf *b, const void *p, size_t n) {
 
 void buf_puts(buf *b, const char *s) { buf_append(b, s, strlen(s)); }
 
-void buf_putc(buf *b, char c) { buf_append(b, &c, 1); }
+void buf_putc(buf *b, char c) {
+  if (b->len + 2 <= b->cap) { /* room for c and the NUL: the common case */
+    b->data[b->len++] = c;
+    b->data[b->len] = '\0';
+    return;
+  }
+  buf_append(b, &c, 1);
+}
+
+void buf_put_i64(buf *b, int64_t v) {
+  char tmp[24];
+  char *end = tmp + sizeof(tmp), *p = end;
+  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  do {
+    *--p = (char)('0' + u % 10);
+    u /= 10;
+  } while (u != 0);
+  if (v < 0)
+    *--p = '-';
+  buf_append(b, p, (size_t)(end - p));
+}
 
 void buf_printf(buf *b, const char *fmt, ...) {
   va_list ap;
@@ -73,9 +93,21 @@ void buf_printf(buf *b, const char *fmt, ...) {
   b->len += (size_t)n;
 }
 
+/* True for the bytes a JSON string can hold as they are. */
+static bool json_plain(unsigned char c) {
+  return c >= 0x20 && c != '"' && c != '\\';
+}
+
 void buf_json_str(buf *b, const char *s) {
   buf_putc(b, '"');
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    const unsigned char *run = p;
+    while (json_plain(*p))
+      p++;
+    if (p > run) /* a run of plain bytes in one copy */
+      buf_append(b, run, (size_t)(p - run));
+    if (*p == '\0')
+      break;
     switch (*p) {
     case '"':
       buf_puts(b, "\\\"");

@@ -21,15 +21,18 @@ typedef struct buf {
   bool oom;
 } buf;
 
-#define BUF_INIT {NULL, 0, 0, false}
+#define BUF_INIT                                                               \
+  { NULL, 0, 0, false }
 
 void buf_init(buf *b);
 void buf_free(buf *b);
-void buf_reset(buf *b);           /* len = 0, keeps capacity */
-bool buf_ok(const buf *b);        /* no allocation failed */
+void buf_reset(buf *b);    /* len = 0, keeps capacity */
+bool buf_ok(const buf *b); /* no allocation failed */
 void buf_append(buf *b, const void *p, size_t n);
 void buf_puts(buf *b, const char *s);
 void buf_putc(buf *b, char c);
+/* Appends the decimal form of v (what "%" PRId64 prints, without stdio). */
+void buf_put_i64(buf *b, int64_t v);
 void buf_printf(buf *b, const char *fmt, ...) SK_PRINTF(2, 3);
 /* Appends s as a JSON string literal (quotes included, escaped). */
 void buf_json_str(buf *b, const char *s);

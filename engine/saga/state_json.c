@@ -39,11 +39,13 @@ static const char *const phase_names[] = {"forward", "compensating", "done"};
 /* ---- writing --------------------------------------------------------------
  */
 
+/* Keys are the literals below: nothing in them needs escaping. */
 static void put_key(buf *b, const char *key, bool first) {
   if (!first)
     buf_putc(b, ',');
-  buf_json_str(b, key);
-  buf_putc(b, ':');
+  buf_putc(b, '"');
+  buf_puts(b, key);
+  buf_puts(b, "\":");
 }
 
 static void put_str(buf *b, const char *key, const char *v) {
@@ -62,7 +64,7 @@ static void put_raw(buf *b, const char *key, const char *json) {
 
 static void put_i64(buf *b, const char *key, int64_t v) {
   put_key(b, key, false);
-  buf_printf(b, "%" PRId64, v);
+  buf_put_i64(b, v);
 }
 
 static void put_bool(buf *b, const char *key, bool v) {

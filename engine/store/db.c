@@ -239,8 +239,12 @@ void pgarr_add_str(pgarr *a, const char *s) {
   /* Always quoted: keeps "", "NULL", spaces, commas and braces literal. */
   buf_putc(&a->b, '"');
   for (const char *p = s; *p != '\0'; p++) {
-    if (*p == '"' || *p == '\\')
-      buf_putc(&a->b, '\\');
+    size_t run = strcspn(p, "\"\\"); /* copied in one go */
+    buf_append(&a->b, p, run);
+    p += run;
+    if (*p == '\0')
+      break;
+    buf_putc(&a->b, '\\');
     buf_putc(&a->b, *p);
   }
   buf_putc(&a->b, '"');
@@ -248,7 +252,7 @@ void pgarr_add_str(pgarr *a, const char *s) {
 
 void pgarr_add_i64(pgarr *a, int64_t v) {
   open_element(a);
-  buf_printf(&a->b, "%" PRId64, v);
+  buf_put_i64(&a->b, v);
 }
 
 void pgarr_add_bool(pgarr *a, bool v) {
