@@ -14,6 +14,7 @@
 #include "api/api_call.h"
 #include "common/buf.h"
 #include "common/uuid.h"
+#include "core/engine.h"
 #include "store/queries.h"
 
 /* Prints a JSON value compact (malloc'd) or NULL. */
@@ -22,8 +23,8 @@ static char *print(const cJSON *v) {
 }
 
 static void w_start(api_call *c) {
-  static const char *const allowed[] = {"input", "idempotency_key",
-                                        "version", NULL};
+  static const char *const allowed[] = {"input", "idempotency_key", "version",
+                                        NULL};
   if (!api_only_fields(c, allowed))
     return;
   if (!def_name_valid(c->param)) {
@@ -50,14 +51,14 @@ static void w_start(api_call *c) {
   char id[SK_ID_LEN];
   bool existed = false;
   sk_error err = {0};
-  int rc = sk_run_start(c->e, c->param, in, &ro, id, &existed, &err);
+  /* The status comes back from the commit itself: no second query. */
+  sk_status st = SK_STATUS_RUNNING;
+  int rc = engine_run_start(c->e, c->param, in, &ro, id, &existed, &st, &err);
   free(in);
   if (rc != SK_OK) {
     api_fail_sk(c, rc, &err);
     return;
   }
-  sk_status st = SK_STATUS_RUNNING;
-  sk_saga_status(c->e, id, &st);
   char *json = NULL;
   if (asprintf(&json, "{\"saga_id\":\"%s\",\"status\":\"%s\"}", id,
                sk_status_name(st)) < 0)
@@ -136,8 +137,8 @@ static void w_events(api_call *c) {
     return;
   }
   char *json = NULL;
-  if (asprintf(&json, "{\"saga_id\":\"%s\",\"events\":%s}", c->param,
-               events) < 0)
+  if (asprintf(&json, "{\"saga_id\":\"%s\",\"events\":%s}", c->param, events) <
+      0)
     json = NULL;
   free(events);
   api_ok(c, 200, json);
@@ -172,13 +173,12 @@ static int replay_one(api_call *c, const char *id, const sk_replay_options *o,
     return rc;
   sk_status st = SK_STATUS_RUNNING;
   sk_saga_status(c->e, new_id[0] ? new_id : id, &st);
-  int n = new_id[0]
-              ? asprintf(out,
-                         "{\"saga_id\":\"%s\",\"new_saga_id\":\"%s\","
-                         "\"status\":\"%s\"}",
-                         id, new_id, sk_status_name(st))
-              : asprintf(out, "{\"saga_id\":\"%s\",\"status\":\"%s\"}", id,
-                         sk_status_name(st));
+  int n = new_id[0] ? asprintf(out,
+                               "{\"saga_id\":\"%s\",\"new_saga_id\":\"%s\","
+                               "\"status\":\"%s\"}",
+                               id, new_id, sk_status_name(st))
+                    : asprintf(out, "{\"saga_id\":\"%s\",\"status\":\"%s\"}",
+                               id, sk_status_name(st));
   if (n < 0)
     *out = NULL;
   return new_id[0] ? 1 : 0; /* 1: a new run */
@@ -199,8 +199,8 @@ static void w_replay(api_call *c) {
   }
   char *step_input = print(api_field(c, "step_input"));
   char *in = print(input);
-  sk_replay_options o = {.from_step = from, .step_input = step_input,
-                         .input = in};
+  sk_replay_options o = {
+      .from_step = from, .step_input = step_input, .input = in};
   char *json = NULL;
   sk_error err = {0};
   int rc = replay_one(c, c->param, &o, &json, &err);
@@ -253,8 +253,9 @@ static void w_bulk_replay(api_call *c) {
       buf_puts(&ok, ok.len ? "," : "");
       buf_puts(&ok, one != NULL ? one : "null");
     } else {
-      buf_printf(&failed, "%s{\"saga_id\":\"%s\",\"message\":",
-                 failed.len ? "," : "", ids[i]);
+      buf_printf(&failed,
+                 "%s{\"saga_id\":\"%s\",\"message\":", failed.len ? "," : "",
+                 ids[i]);
       buf_json_str(&failed, e1.message);
       buf_putc(&failed, '}');
     }
@@ -271,17 +272,22 @@ static void w_bulk_replay(api_call *c) {
 }
 
 const api_route api_routes_sagas[] = {
-    {.method = HTTP_POST, .pattern = "/v1/workflows/{name}/runs",
+    {.method = HTTP_POST,
+     .pattern = "/v1/workflows/{name}/runs",
      .work = w_start},
-    {.method = HTTP_GET, .pattern = "/v1/sagas", .work = w_list,
+    {.method = HTTP_GET,
+     .pattern = "/v1/sagas",
+     .work = w_list,
      .query = {"status", "workflow", "limit", "cursor"}},
-    {.method = HTTP_POST, .pattern = "/v1/sagas/replay",
-     .work = w_bulk_replay, .needs_body = true},
+    {.method = HTTP_POST,
+     .pattern = "/v1/sagas/replay",
+     .work = w_bulk_replay,
+     .needs_body = true},
     {.method = HTTP_GET, .pattern = "/v1/sagas/{id}", .work = w_get},
-    {.method = HTTP_GET, .pattern = "/v1/sagas/{id}/events",
-     .work = w_events, .query = {"after_seq"}},
-    {.method = HTTP_POST, .pattern = "/v1/sagas/{id}/cancel",
-     .work = w_cancel},
-    {.method = HTTP_POST, .pattern = "/v1/sagas/{id}/replay",
-     .work = w_replay},
+    {.method = HTTP_GET,
+     .pattern = "/v1/sagas/{id}/events",
+     .work = w_events,
+     .query = {"after_seq"}},
+    {.method = HTTP_POST, .pattern = "/v1/sagas/{id}/cancel", .work = w_cancel},
+    {.method = HTTP_POST, .pattern = "/v1/sagas/{id}/replay", .work = w_replay},
     {0}};

@@ -32,8 +32,12 @@
 #include "store/db.h"
 #include "store/migrate.h"
 #include "store/queries.h"
+#include "store/statecache.h"
 
 #define DEFAULT_DATA_DIR "./.skald"
+/* Sagas whose projection a node keeps in memory (statecache.h): a few kB
+ * each; beyond it a commit reads them back. */
+#define ENGINE_STATE_CACHE_MAX 65536
 #define GPU_EVENT_TIMEOUT_MS 200 /* bounds how long close waits for events */
 
 const char *sk_task_gpus(const sk_task *t) {
@@ -60,8 +64,8 @@ void engine_gpu_view(const struct sk_engine *e, const node_gpu_report *r,
     p->holders = holders != NULL ? holders[i] : 0;
     p->util = (g->r.valid & GPU_F_UTIL) ? g->r.util_gpu : 0;
     /* Flap penalty: recovered within the last 10 minutes. */
-    p->recently_recovered = g->recovered_ms > 0 &&
-                            r->recv_mono_ms - g->recovered_ms < 600000;
+    p->recently_recovered =
+        g->recovered_ms > 0 && r->recv_mono_ms - g->recovered_ms < 600000;
   }
 }
 
@@ -120,8 +124,7 @@ static int check_options(const sk_engine_options *o, sk_error *err) {
     return sk_error_set(err, SK_EINVAL,
                         "max_batch must be between 1 and 65536");
   if (o->breaker_failure_threshold < 1 || o->breaker_open_ms < 1)
-    return sk_error_set(err, SK_EINVAL,
-                        "breaker settings must be positive");
+    return sk_error_set(err, SK_EINVAL, "breaker settings must be positive");
   if (o->retention_days < 0 || o->retention_days > 36500)
     return sk_error_set(err, SK_EINVAL,
                         "retention_days must be between 0 and 36500");
@@ -130,8 +133,8 @@ static int check_options(const sk_engine_options *o, sk_error *err) {
                         "default_concurrency must be between 1 and 4096");
   if (o->node_name != NULL &&
       (o->node_name[0] == '\0' || strlen(o->node_name) > SK_NAME_MAX))
-    return sk_error_set(err, SK_EINVAL,
-                        "node_name must be 1 to %d bytes", SK_NAME_MAX);
+    return sk_error_set(err, SK_EINVAL, "node_name must be 1 to %d bytes",
+                        SK_NAME_MAX);
   return SK_OK;
 }
 
@@ -205,6 +208,8 @@ int sk_engine_open(const sk_engine_options *opts, sk_engine **out,
     snprintf(e->node, sizeof(e->node), "%s-%ld", host, (long)getpid());
   }
   log_set_level(o.log_level);
+  /* Without it (out of memory) every commit reads the projections. */
+  e->state_cache = state_cache_new(ENGINE_STATE_CACHE_MAX);
   pthread_mutex_init(&e->wf_mu, NULL);
   pthread_mutex_init(&e->q_mu, NULL);
   pthread_mutex_init(&e->mu, NULL);
@@ -245,8 +250,8 @@ int sk_engine_add_bulkhead(sk_engine *e, const char *name, int concurrency) {
   return add_bulkhead(e, name, concurrency);
 }
 
-int sk_engine_register_task(sk_engine *e, const char *task_type,
-                            sk_task_fn fn, void *udata) {
+int sk_engine_register_task(sk_engine *e, const char *task_type, sk_task_fn fn,
+                            void *udata) {
   if (e == NULL || fn == NULL || !def_name_valid(task_type))
     return SK_EINVAL;
   if (atomic_load(&e->state) != ENGINE_STATE_IDLE)
@@ -291,7 +296,8 @@ bulkhead *engine_find_bulkhead(struct sk_engine *e, const char *name) {
   return NULL;
 }
 
-/* ---- workflow registry ------------------------------------------------------ */
+/* ---- workflow registry ------------------------------------------------------
+ */
 
 static def_workflow *registry_find(struct sk_engine *e, const char *name,
                                    int version) {
@@ -476,8 +482,8 @@ static int check_steps(struct sk_engine *e, const def_step *steps, size_t n,
     for (size_t b = 0; b < s->n_branches; b++) {
       char sub[300]; /* here (< 256) + "/parallel/" + a number */
       snprintf(sub, sizeof(sub), "%s/parallel/%zu", here, b);
-      int rc = check_steps(e, s->branches[b].steps, s->branches[b].n_steps,
-                           sub, err);
+      int rc = check_steps(e, s->branches[b].steps, s->branches[b].n_steps, sub,
+                           err);
       if (rc != SK_OK)
         return rc;
     }
@@ -555,7 +561,8 @@ bool engine_type_has_breaker_fallback(struct sk_engine *e,
   return found;
 }
 
-/* ---- lifecycle --------------------------------------------------------------- */
+/* ---- lifecycle
+ * --------------------------------------------------------------- */
 
 static int start_pools(struct sk_engine *e) {
   for (size_t i = 0; i < e->n_bulkheads; i++) {
@@ -670,7 +677,9 @@ void sk_engine_close(sk_engine *e) {
   engine_metrics_free(e->metrics);
   health_free(e->gpu_health);
   free(e->gpu_snap);
-  close_conn(&e->commit_conn);
+  for (int i = 0; i < ENGINE_COMMIT_LANES; i++)
+    close_conn(&e->commit_conn[i]);
+  state_cache_free(e->state_cache);
   close_conn(&e->dequeue_conn);
   close_conn(&e->aux_conn);
   close_conn(&e->listen_conn);

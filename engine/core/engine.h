@@ -36,7 +36,7 @@
 #include "store/sagastore.h"
 
 #define ENGINE_STATE_MAP(X)                                                    \
-  X(IDLE, "idle")             /* open, loop not running */                     \
+  X(IDLE, "idle") /* open, loop not running */                                 \
   X(RUNNING, "running")                                                        \
   X(STOPPING, "stopping")                                                      \
   X(STOPPED, "stopped")
@@ -59,7 +59,7 @@ typedef struct handler {
   char *task_type;
   sk_task_fn fn;
   void *udata;
-  breaker br;       /* [loop] */
+  breaker br; /* [loop] */
   breaker_shown shown;
 } handler;
 
@@ -74,7 +74,7 @@ typedef struct bulkhead {
   char *name;
   int concurrency;
   pool *pool;
-  int reserved;     /* [loop] slots promised to a commit's claims */
+  int reserved;      /* [loop] slots promised to a commit's claims */
   int http_inflight; /* [loop] http calls running on the loop */
 } bulkhead;
 
@@ -82,7 +82,7 @@ typedef struct bulkhead {
 struct sk_task_result {
   bool set;
   bool ok;
-  char *output;     /* normalised JSON text or NULL */
+  char *output; /* normalised JSON text or NULL */
   char *err_type;
   char *err_message;
   bool retryable;
@@ -92,30 +92,30 @@ typedef enum job_state {
   JOB_QUEUED = 0,
   JOB_RUNNING,
   JOB_DONE,
-  JOB_ABANDONED     /* timed out or lease lost: its result is dropped */
+  JOB_ABANDONED /* timed out or lease lost: its result is dropped */
 } job_state;
 
 /* One attempt of a task on this node. Owned by the loop; a worker touches
  * it only between pool start and pushing it to `done`. */
 typedef struct exec_job {
-  pool_link link;                 /* first: intrusive pool link */
+  pool_link link; /* first: intrusive pool link */
   struct sk_engine *e;
   leased_task task;
   handler *h;
   bulkhead *bh;
   char idem_key[SK_ID_LEN + SK_NAME_MAX + 16]; /* ...:fallback */
-  atomic_bool cancel;             /* sk_task_cancelled() */
-  atomic_int state;               /* job_state */
-  atomic_llong started_mono_ms;   /* 0 until a worker starts it */
-  int64_t deadline_wall_ms;       /* set when started */
-  bool shutdown_cancel;           /* [loop] asked to stop by sk_engine_stop */
-  bool is_http;                   /* run by httpcall on the loop, no handler */
-  int host;                       /* http: index in e->hosts, or -1 */
-  unsigned n_gpus;                /* GPUs placed on (slots of the report) */
+  atomic_bool cancel;                          /* sk_task_cancelled() */
+  atomic_int state;                            /* job_state */
+  atomic_llong started_mono_ms;                /* 0 until a worker starts it */
+  int64_t deadline_wall_ms;                    /* set when started */
+  bool shutdown_cancel; /* [loop] asked to stop by sk_engine_stop */
+  bool is_http;         /* run by httpcall on the loop, no handler */
+  int host;             /* http: index in e->hosts, or -1 */
+  unsigned n_gpus;      /* GPUs placed on (slots of the report) */
   unsigned gpu_idx[GPU_MAX];
-  int64_t gpu_res_mb[GPU_MAX];    /* reserved on each, until inflight_remove */
-  char gpus[GPU_MAX * 3 + 1];     /* "0,1": what sk_task_gpus() returns */
-  bool gpu_moved;                 /* [loop] cancelled: infra:gpu_unhealthy */
+  int64_t gpu_res_mb[GPU_MAX]; /* reserved on each, until inflight_remove */
+  char gpus[GPU_MAX * 3 + 1];  /* "0,1": what sk_task_gpus() returns */
+  bool gpu_moved;              /* [loop] cancelled: infra:gpu_unhealthy */
   struct sk_task_result result;
   struct exec_job *next_inflight; /* [loop] */
   struct exec_job *prev_inflight; /* [loop] */
@@ -145,21 +145,21 @@ struct sk_engine {
   bulkhead *bulkheads;
   size_t n_bulkheads;
 
-  pthread_mutex_t wf_mu;          /* guards wfs */
+  pthread_mutex_t wf_mu; /* guards wfs */
   def_workflow **wfs;
   size_t n_wfs, cap_wfs;
 
-  pthread_mutex_t q_mu;           /* guards query_conn */
+  pthread_mutex_t q_mu; /* guards query_conn */
   PGconn *query_conn;
 
-  pthread_mutex_t mu;             /* guards done, api_ops, state, gen */
-  pthread_cond_t gen_cv;          /* signalled after every commit and on
-                                     every notification (long polls) */
+  pthread_mutex_t mu;    /* guards done, api_ops, state, gen */
+  pthread_cond_t gen_cv; /* signalled after every commit and on
+                            every notification (long polls) */
   uint64_t gen;
   exec_job *done;
   api_op *api_head, *api_tail;
   _Atomic engine_state state;
-  atomic_bool polls_closed;       /* long polls answer at once (shutdown) */
+  atomic_bool polls_closed; /* long polls answer at once (shutdown) */
   bool loop_running;
   pthread_t thread;
   bool thread_started;
@@ -173,29 +173,36 @@ struct sk_engine {
   uv_timer_t watchdog_timer;
   uv_timer_t retry_timer;
   uv_poll_t listen_poll;
-  httpcall http;                  /* http steps, on this loop */
+  httpcall http; /* http steps, on this loop */
   bool http_up;
-  bool listen_active;       /* listen_poll is initialised (not closed) */
-  bool listen_busy;         /* a reconnect of listen_conn is in flight */
-  int64_t listen_tried_ms;  /* last reconnect attempt (monotonic) */
-  size_t isolate_left;      /* commit this many ops one at a time */
-  PGconn *commit_conn, *dequeue_conn, *aux_conn, *listen_conn;
-  bool commit_busy, dequeue_busy, aux_busy;
+  bool listen_active;      /* listen_poll is initialised (not closed) */
+  bool listen_busy;        /* a reconnect of listen_conn is in flight */
+  int64_t listen_tried_ms; /* last reconnect attempt (monotonic) */
+  size_t isolate_left;     /* commit this many ops one at a time */
+  /* Group commits in flight at once, each on its own connection: while one
+   * is in the database the loop fills the next, so neither side idles.
+   * Batches that touch the same saga serialise on its row lock. */
+#define ENGINE_COMMIT_LANES 2
+  struct state_cache *state_cache; /* projections between commits, or NULL */
+  PGconn *commit_conn[ENGINE_COMMIT_LANES];
+  bool commit_busy[ENGINE_COMMIT_LANES];
+  PGconn *dequeue_conn, *aux_conn, *listen_conn;
+  bool dequeue_busy, aux_busy;
   bool dequeue_wanted;
   bool dequeue_forced;
-  int64_t duties_at_ms;     /* last try of the singleton duties */      /* a timer asked for a forced dequeue while
-                               one was in flight */
+  int64_t duties_at_ms; /* last try of the singleton duties */ /* a timer asked
+                      for a forced dequeue while one was in flight */
   bool commit_backoff;
   int64_t retry_delay_ms;
   int64_t due_at_ms;
   exec_job *inflight;
   size_t n_inflight;
-  store_op *results;              /* results waiting for a commit */
+  store_op *results; /* results waiting for a commit */
   size_t n_results, cap_results;
-  store_lease *to_release;        /* leases to hand back */
-  int64_t *release_delay;         /* ... due again after this many ms */
+  store_lease *to_release; /* leases to hand back */
+  int64_t *release_delay;  /* ... due again after this many ms */
   size_t n_to_release, cap_to_release;
-  host_breaker *hosts;            /* per HTTP host, grows; [loop] */
+  host_breaker *hosts; /* per HTTP host, grows; [loop] */
   size_t n_hosts;
   saga_rng rng;
   int handles_open;
@@ -205,12 +212,12 @@ struct sk_engine {
   /* GPUs: the sampler (always set after open; provider none = 0 GPUs), the
    * loop's latest copy of its report and this node's reservations. */
   health *gpu_health;
-  bool gpu_sampling;              /* the sampler's threads run */
-  node_gpu_report *gpu_snap;      /* [loop] */
+  bool gpu_sampling;                /* the sampler's threads run */
+  node_gpu_report *gpu_snap;        /* [loop] */
   int64_t gpu_reserved_mb[GPU_MAX]; /* [loop] */
-  unsigned gpu_holders[GPU_MAX];  /* [loop] */
+  unsigned gpu_holders[GPU_MAX];    /* [loop] */
   uv_timer_t gpu_timer;
-  atomic_ullong n_gpu_moved;      /* attempts moved off unhealthy GPUs */
+  atomic_ullong n_gpu_moved; /* attempts moved off unhealthy GPUs */
 
   /* statistics */
   atomic_ullong n_commits, n_ops_committed, n_fenced, n_dequeues;
@@ -272,9 +279,15 @@ void job_run(pool_link *link, void *ud);
 /* Turns a finished job into a RESULT op (moves strings out of the job). */
 void job_to_op(exec_job *j, store_op *op);
 /* Builds a synthetic failure op for a lease (timeout, cancel, no handler). */
-void job_failure_op(const leased_task *t, const char *type,
-                    const char *message, bool retryable, store_op *op);
+void job_failure_op(const leased_task *t, const char *type, const char *message,
+                    bool retryable, store_op *op);
 /* A successful op with null output (sleep tasks). */
 void job_success_op(const leased_task *t, store_op *op);
+
+/* sk_run_start that also says the saga's status as the commit left it
+ * (for an existing key: the first saga's status then). sdk/src/runs.c. */
+int engine_run_start(sk_engine *e, const char *workflow, const char *input_json,
+                     const sk_run_options *o, char saga_id[SK_ID_LEN],
+                     bool *existed, sk_status *status, sk_error *err);
 
 #endif /* SKALD_CORE_ENGINE_H */

@@ -43,7 +43,7 @@
 #define SLEEP_LANE_LIMIT 256
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
-#define GPU_TICK_MS 100      /* how often the loop reads the GPU report */
+#define GPU_TICK_MS 100         /* how often the loop reads the GPU report */
 #define GPU_MISFIT_DELAY_MS 250 /* a GPU task that no longer fits waits */
 
 static void maybe_commit(struct sk_engine *e);
@@ -172,8 +172,8 @@ static bool defer_for_breaker(struct sk_engine *e, int host,
   }
   int64_t wait = br->opened_at_ms + br->open_ms - now;
   log_write(LOG_DEBUG, "host circuit open; task deferred", "host",
-            e->hosts[host].key, "saga_id", t->lease.saga_id, "#wait_ms",
-            wait, NULL);
+            e->hosts[host].key, "saga_id", t->lease.saga_id, "#wait_ms", wait,
+            NULL);
   queue_release_after(e, &t->lease, wait > 0 ? wait : 0);
   start_release(e);
   /* If its step has an on_breaker_open fallback, that runs now instead
@@ -194,8 +194,8 @@ static void http_done(uint64_t id, httpcall_outcome *out, void *ud) {
     show_breaker(e, e->hosts[j->host].key, br, &e->hosts[j->host].shown);
   }
   if (out->ok) {
-    j->result = (struct sk_task_result){.set = true, .ok = true,
-                                        .output = out->output};
+    j->result =
+        (struct sk_task_result){.set = true, .ok = true, .output = out->output};
     out->output = NULL;
   } else {
     sk_result_error(&j->result, out->err_type, out->err_message,
@@ -221,8 +221,7 @@ static void dispatch_http(struct sk_engine *e, leased_task *t) {
   bulkhead *bh = engine_find_bulkhead(e, t->bulkhead);
   exec_job *j = bh != NULL && e->http_up ? job_new(e, t, NULL, bh) : NULL;
   if (j == NULL) {
-    job_failure_op(t, "NoBulkhead", "no such bulkhead on this node", true,
-                   &op);
+    job_failure_op(t, "NoBulkhead", "no such bulkhead on this node", true, &op);
     push_result(e, &op);
     return;
   }
@@ -251,8 +250,7 @@ static void dispatch_http(struct sk_engine *e, leased_task *t) {
                           j->task.lease.attempt, j->task.deliveries);
   if (httpcall_start(&e->http, &req, http_done, j, NULL) != SK_OK) {
     inflight_remove(e, j);
-    job_failure_op(&j->task, "ShuttingDown", "the node is stopping", true,
-                   &op);
+    job_failure_op(&j->task, "ShuttingDown", "the node is stopping", true, &op);
     push_result(e, &op);
     job_free(j);
     return;
@@ -333,13 +331,12 @@ static void dispatch_task(struct sk_engine *e, leased_task *t,
     } else {
       inflight_add(e, j);
       breaker_on_dispatch(&h->br);
-      engine_metrics_dispatch(e->metrics, j->task.workflow,
-                              j->task.step_name, j->task.lease.attempt,
-                              j->task.deliveries);
+      engine_metrics_dispatch(e->metrics, j->task.workflow, j->task.step_name,
+                              j->task.lease.attempt, j->task.deliveries);
       if (pool_submit(bh->pool, &j->link) != SK_OK) {
         inflight_remove(e, j);
-        job_failure_op(&j->task, "ShuttingDown", "the node is stopping",
-                       true, &op);
+        job_failure_op(&j->task, "ShuttingDown", "the node is stopping", true,
+                       &op);
         push_result(e, &op);
         job_free(j);
       }
@@ -395,10 +392,9 @@ static void collect_done(struct sk_engine *e) {
         store_op_clear(&op);
       } else {
         int64_t started = atomic_load(&j->started_mono_ms);
-        double secs = started > 0 ? (double)(clock_mono_ms() - started) / 1e3
-                                  : 0;
-        engine_metrics_attempt(e->metrics, j->task.workflow,
-                               j->task.step_name,
+        double secs =
+            started > 0 ? (double)(clock_mono_ms() - started) / 1e3 : 0;
+        engine_metrics_attempt(e->metrics, j->task.workflow, j->task.step_name,
                                j->task.lease.kind == TASK_KIND_COMP,
                                op.ok ? "ok" : "error", secs);
         if (j->h != NULL) {
@@ -417,13 +413,14 @@ static void collect_done(struct sk_engine *e) {
 typedef struct commit_work {
   uv_work_t req;
   struct sk_engine *e;
+  int lane; /* which commit connection */
   store_batch batch;
-  size_t n_results;       /* ops[0..n_results) are results we own */
-  api_op **api;           /* ops[n_results..) are shallow copies of these */
+  size_t n_results; /* ops[0..n_results) are results we own */
+  api_op **api;     /* ops[n_results..) are shallow copies of these */
   size_t n_api;
-  int *budget;            /* per bulkhead, snapshot */
+  int *budget; /* per bulkhead, snapshot */
   int *budget_left;
-  bool *type_ok;          /* per handler: breaker closed */
+  bool *type_ok; /* per handler: breaker closed */
   saga_rng rng;
   int rc;
   sk_error err;
@@ -474,7 +471,8 @@ static bool env_claim(void *ud, const saga_task *t) {
 
 static void commit_work_fn(uv_work_t *req) {
   commit_work *w = req->data;
-  ensure_conn(w->e->commit_conn);
+  PGconn *c = w->e->commit_conn[w->lane];
+  ensure_conn(c);
   store_env env = {.node = w->e->node,
                    .now_ms = clock_now_ms(),
                    .rng = &w->rng,
@@ -482,8 +480,9 @@ static void commit_work_fn(uv_work_t *req) {
                    .get_def = env_get_def,
                    .claims_reset = env_claims_reset,
                    .claim = env_claim,
-                   .ud = w};
-  w->rc = sagastore_commit(w->e->commit_conn, &w->batch, &env, &w->err);
+                   .ud = w,
+                   .cache = w->e->state_cache};
+  w->rc = sagastore_commit(c, &w->batch, &env, &w->err);
 }
 
 static void commit_work_free(commit_work *w) {
@@ -550,7 +549,7 @@ static bool failure_is_transient(struct sk_engine *e, const commit_work *w) {
   if (w->rc != SK_EDB)
     return false;
   return db_sqlstate_transient(w->err.sqlstate) ||
-         PQstatus(e->commit_conn) != CONNECTION_OK;
+         PQstatus(e->commit_conn[w->lane]) != CONNECTION_OK;
 }
 
 /* A lone op that fails for a reason retrying cannot cure. A result is
@@ -613,8 +612,8 @@ static void commit_failed(struct sk_engine *e, commit_work *w) {
   if (!transient)
     return;
   e->commit_backoff = true;
-  e->retry_delay_ms = e->retry_delay_ms == 0 ? RETRY_MIN_MS
-                                             : e->retry_delay_ms * 2;
+  e->retry_delay_ms =
+      e->retry_delay_ms == 0 ? RETRY_MIN_MS : e->retry_delay_ms * 2;
   if (e->retry_delay_ms > RETRY_MAX_MS)
     e->retry_delay_ms = RETRY_MAX_MS;
   uv_timer_start(&e->retry_timer, retry_cb, (uint64_t)e->retry_delay_ms, 0);
@@ -623,9 +622,9 @@ static void commit_failed(struct sk_engine *e, commit_work *w) {
 static void commit_after(uv_work_t *req, int status) {
   commit_work *w = req->data;
   struct sk_engine *e = w->e;
-  e->commit_busy = false;
+  e->commit_busy[w->lane] = false;
   for (size_t i = 0; i < e->n_bulkheads; i++)
-    e->bulkheads[i].reserved = 0;
+    e->bulkheads[i].reserved -= w->budget[i];
   if (w->rc == SK_OK) {
     e->retry_delay_ms = 0;
     commit_succeeded(e, w);
@@ -682,14 +681,49 @@ static commit_work *commit_work_new(struct sk_engine *e) {
   return w;
 }
 
+static int free_commit_lane(const struct sk_engine *e) {
+  for (int i = 0; i < ENGINE_COMMIT_LANES; i++)
+    if (!e->commit_busy[i])
+      return i;
+  return -1;
+}
+
+static bool any_commit_busy(const struct sk_engine *e) {
+  for (int i = 0; i < ENGINE_COMMIT_LANES; i++)
+    if (e->commit_busy[i])
+      return true;
+  return false;
+}
+
+/* True if at least n ops wait for a commit. */
+static bool ops_waiting(struct sk_engine *e, size_t n) {
+  if (e->n_results >= n)
+    return true;
+  size_t k = e->n_results;
+  pthread_mutex_lock(&e->mu);
+  for (const api_op *a = e->api_head; a != NULL && k < n; a = a->next)
+    k++;
+  pthread_mutex_unlock(&e->mu);
+  return k >= n;
+}
+
+/* A second lane only opens for a batch worth a commit of its own: below
+ * this the ops wait for the running commit, as with one lane, and the
+ * commits per step stay low. */
+#define LANE_MIN_OPS 32
+
 static void maybe_commit(struct sk_engine *e) {
-  if (e->commit_busy || e->commit_backoff)
+  int lane = free_commit_lane(e);
+  if (lane < 0 || e->commit_backoff)
+    return;
+  if (any_commit_busy(e) && !ops_waiting(e, LANE_MIN_OPS))
     return;
   if (e->n_results == 0 && !api_pending(e))
     return;
   commit_work *w = commit_work_new(e);
   if (w == NULL)
     return; /* retried on the next wake-up */
+  w->lane = lane;
   size_t max = e->isolate_left > 0 ? 1 : (size_t)e->o.max_batch;
   if (e->isolate_left > 0)
     e->isolate_left--;
@@ -709,16 +743,18 @@ static void maybe_commit(struct sk_engine *e) {
   int64_t now = clock_now_ms();
   for (size_t i = 0; i < e->n_bulkheads && !stopping; i++) {
     bulkhead *bh = &e->bulkheads[i];
-    int free_slots =
-        bh->concurrency - (int)pool_load(bh->pool) - bh->http_inflight;
+    int free_slots = bh->concurrency - (int)pool_load(bh->pool) -
+                     bh->http_inflight - bh->reserved;
     w->budget[i] = free_slots > 0 ? free_slots : 0;
-    bh->reserved = w->budget[i];
+    bh->reserved += w->budget[i];
   }
   for (size_t i = 0; i < e->n_handlers && !stopping; i++)
     w->type_ok[i] = breaker_allow(&e->handlers[i].br, now) < 0;
-  e->commit_busy = true;
+  e->commit_busy[lane] = true;
   if (uv_queue_work(&e->loop, &w->req, commit_work_fn, commit_after) != 0) {
-    e->commit_busy = false;
+    e->commit_busy[lane] = false;
+    for (size_t i = 0; i < e->n_bulkheads; i++)
+      e->bulkheads[i].reserved -= w->budget[i];
     commit_failed(e, w);
     commit_work_free(w);
   }
@@ -737,10 +773,10 @@ typedef struct dequeue_work {
   struct sk_engine *e;
   dequeue_lane *lanes;
   size_t n_lanes;
-  const char **types;     /* shared by every task lane */
+  const char **types; /* shared by every task lane */
   size_t n_types;
-  const char **probe;     /* half-open types, one lane each */
-  int task_capacity;      /* sum of the task lanes' limits */
+  const char **probe;        /* half-open types, one lane each */
+  int task_capacity;         /* sum of the task lanes' limits */
   int64_t gpu_caps[GPU_MAX]; /* this node's GPU envelope */
   leased_task *got;
   task_needs *needs;
@@ -912,14 +948,14 @@ static void maybe_dequeue(struct sk_engine *e) {
 typedef struct aux_work {
   uv_work_t req;
   struct sk_engine *e;
-  exec_job **jobs;        /* renew these (still in flight when we return) */
+  exec_job **jobs; /* renew these (still in flight when we return) */
   store_lease *leases;
-  int64_t *delays;        /* release: due again after this many ms */
+  int64_t *delays; /* release: due again after this many ms */
   bool *lost, *cancel;
   size_t n;
-  bool release;           /* hand the leases back instead */
-  bool duties;            /* also try the cluster's singleton duties */
-  char *capacity;         /* heartbeat: the node's capacity JSON */
+  bool release;   /* hand the leases back instead */
+  bool duties;    /* also try the cluster's singleton duties */
+  char *capacity; /* heartbeat: the node's capacity JSON */
   int rc;
   sk_error err;
 } aux_work;
@@ -929,8 +965,7 @@ static void aux_work_fn(uv_work_t *req) {
   struct sk_engine *e = w->e;
   ensure_conn(e->aux_conn);
   if (w->release) {
-    w->rc = taskqueue_release(e->aux_conn, w->leases, w->delays, w->n,
-                              &w->err);
+    w->rc = taskqueue_release(e->aux_conn, w->leases, w->delays, w->n, &w->err);
     return;
   }
   w->rc = taskqueue_renew(e->aux_conn, w->leases, w->n, e->o.lease_ttl_ms,
@@ -948,8 +983,8 @@ static void aux_work_fn(uv_work_t *req) {
                                  e->o.retention_days, &reaped, &purged,
                                  &derr) == SK_OK &&
         (reaped > 0 || purged > 0))
-      log_write(LOG_INFO, "singleton duties", "#nodes_reaped",
-                (int64_t)reaped, "#sagas_purged", (int64_t)purged, NULL);
+      log_write(LOG_INFO, "singleton duties", "#nodes_reaped", (int64_t)reaped,
+                "#sagas_purged", (int64_t)purged, NULL);
   }
 }
 
@@ -975,8 +1010,9 @@ static void aux_after(uv_work_t *req, int status) {
   struct sk_engine *e = w->e;
   e->aux_busy = false;
   if (w->rc != SK_OK) {
-    log_write(LOG_ERROR, w->release ? "could not hand back leases"
-                                    : "could not renew leases",
+    log_write(LOG_ERROR,
+              w->release ? "could not hand back leases"
+                         : "could not renew leases",
               "error", w->err.message, NULL);
   } else if (!w->release) {
     /* Jobs may have finished meanwhile; only touch those still here. */
@@ -1063,7 +1099,8 @@ static char *capacity_json(struct sk_engine *e) {
   cJSON_ArrayForEach(g, list) {
     if (i >= pn.n)
       break;
-    cJSON_AddNumberToObject(g, "free_mb", (double)placement_free_mb(&pn.gpu[i]));
+    cJSON_AddNumberToObject(g, "free_mb",
+                            (double)placement_free_mb(&pn.gpu[i]));
     cJSON_AddNumberToObject(g, "reserved_mb", (double)pn.gpu[i].reserved_mb);
     cJSON_AddNumberToObject(g, "holders", pn.gpu[i].holders);
     i++;
@@ -1104,7 +1141,8 @@ static void renew_cb(uv_timer_t *t) {
   start_aux(e, w);
 }
 
-/* ---- GPU health ------------------------------------------------------------ */
+/* ---- GPU health ------------------------------------------------------------
+ */
 
 static bool job_on_unhealthy_gpu(struct sk_engine *e, const exec_job *j) {
   for (unsigned i = 0; i < j->n_gpus; i++) {
@@ -1161,7 +1199,8 @@ static void gpu_cb(uv_timer_t *t) {
   maybe_dequeue(e);
 }
 
-/* ---- timeouts -------------------------------------------------------------- */
+/* ---- timeouts --------------------------------------------------------------
+ */
 
 static void watchdog_cb(uv_timer_t *t) {
   struct sk_engine *e = t->data;
@@ -1196,9 +1235,11 @@ static void watchdog_cb(uv_timer_t *t) {
     maybe_commit(e);
 }
 
-/* ---- wake-ups ---------------------------------------------------------------- */
+/* ---- wake-ups
+ * ---------------------------------------------------------------- */
 
-/* ---- fallbacks on an open breaker ------------------------------------------ */
+/* ---- fallbacks on an open breaker ------------------------------------------
+ */
 
 /* A fallback with on_breaker_open runs at once when its step's breaker is
  * open (workflow-spec.md "Fallback"): the loop looks for waiting forward
@@ -1223,13 +1264,16 @@ static void scan_work_fn(uv_work_t *req) {
   for (size_t i = 0; i < w->n_types; i++)
     pgarr_add_str(&t, w->types[i]);
   const char *p[1] = {pgarr_get(&t)};
-  PGresult *r = p[0] == NULL ? NULL : PQexecParams(
-      c,
-      "SELECT saga_id::text, step FROM tasks WHERE action = 'task' "
-      "AND kind = 0 AND task_type = ANY($1::text[]) "
-      "AND available_at <= now() AND NOT cancel_requested "
-      "ORDER BY available_at LIMIT 100",
-      1, NULL, p, NULL, NULL, 0);
+  PGresult *r =
+      p[0] == NULL
+          ? NULL
+          : PQexecParams(
+                c,
+                "SELECT saga_id::text, step FROM tasks WHERE action = 'task' "
+                "AND kind = 0 AND task_type = ANY($1::text[]) "
+                "AND available_at <= now() AND NOT cancel_requested "
+                "ORDER BY available_at LIMIT 100",
+                1, NULL, p, NULL, NULL, 0);
   pgarr_free(&t);
   int rows = PQresultStatus(r) == PGRES_TUPLES_OK ? PQntuples(r) : 0;
   w->ids = rows > 0 ? calloc((size_t)rows, 37) : NULL;
@@ -1317,8 +1361,9 @@ static void listen_cb(uv_poll_t *p, int status, int events) {
   struct sk_engine *e = p->data;
   if (status < 0 || !PQconsumeInput(e->listen_conn)) {
     /* The poll timer reconnects; until then polling covers. */
-    log_write(LOG_WARNING, "lost the notification connection; polling until "
-                           "it is back",
+    log_write(LOG_WARNING,
+              "lost the notification connection; polling until "
+              "it is back",
               NULL);
     if (!uv_is_closing((uv_handle_t *)&e->listen_poll))
       uv_close((uv_handle_t *)&e->listen_poll, listen_closed_cb);
@@ -1360,10 +1405,10 @@ typedef struct listen_work {
 static void listen_work_fn(uv_work_t *req) {
   listen_work *w = req->data;
   PQreset(w->e->listen_conn);
-  w->rc = PQstatus(w->e->listen_conn) == CONNECTION_OK
-              ? db_exec(w->e->listen_conn,
-                        "LISTEN " SAGASTORE_NOTIFY_CHANNEL, NULL)
-              : SK_EDB;
+  w->rc =
+      PQstatus(w->e->listen_conn) == CONNECTION_OK
+          ? db_exec(w->e->listen_conn, "LISTEN " SAGASTORE_NOTIFY_CHANNEL, NULL)
+          : SK_EDB;
 }
 
 static void listen_after(uv_work_t *req, int status) {
@@ -1435,7 +1480,8 @@ static void wake_cb(uv_async_t *h) {
 
 void loop_wake(struct sk_engine *e) { uv_async_send(&e->wake); }
 
-/* ---- start and stop ----------------------------------------------------------- */
+/* ---- start and stop
+ * ----------------------------------------------------------- */
 
 static void close_cb(uv_handle_t *h) {
   struct sk_engine *e = h->data;
@@ -1453,7 +1499,7 @@ static void maybe_finish(struct sk_engine *e) {
   if (atomic_load(&e->state) != ENGINE_STATE_STOPPING)
     return;
   if (e->n_inflight > 0 || e->n_results > 0 || e->n_to_release > 0 ||
-      e->commit_busy || e->dequeue_busy || e->aux_busy || e->listen_busy ||
+      any_commit_busy(e) || e->dequeue_busy || e->aux_busy || e->listen_busy ||
       api_pending(e))
     return;
   if (uv_is_closing((uv_handle_t *)&e->wake))
@@ -1474,8 +1520,9 @@ static void maybe_finish(struct sk_engine *e) {
 }
 
 static int connect_all(struct sk_engine *e, sk_error *err) {
-  PGconn **conns[] = {&e->commit_conn, &e->dequeue_conn, &e->aux_conn,
-                      &e->listen_conn};
+  _Static_assert(ENGINE_COMMIT_LANES == 2, "list every commit connection");
+  PGconn **conns[] = {&e->commit_conn[0], &e->commit_conn[1], &e->dequeue_conn,
+                      &e->aux_conn, &e->listen_conn};
   for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
     if (*conns[i] != NULL)
       continue;
@@ -1486,6 +1533,27 @@ static int connect_all(struct sk_engine *e, sk_error *err) {
   return db_exec(e->listen_conn, "LISTEN " SAGASTORE_NOTIFY_CHANNEL, err);
 }
 
+/* A process restarted under the same node name takes its predecessor's
+ * leases back at once rather than after the lease TTL. The name is held
+ * on the notification connection (idle, and open while the loop runs). */
+static void reclaim_own(struct sk_engine *e) {
+  sk_error err = {0};
+  bool in_use = false;
+  int n = 0;
+  if (taskqueue_reclaim_own(e->listen_conn, e->node, &in_use, &n, &err) !=
+      SK_OK)
+    log_write(LOG_WARNING, "could not hand back earlier leases of this node",
+              "error", err.message, NULL);
+  else if (in_use)
+    log_write(LOG_WARNING,
+              "another live process uses this node name; its leases are "
+              "left to expire",
+              "node", e->node, NULL);
+  else if (n > 0)
+    log_write(LOG_INFO, "handed back the leases of a previous process", "node",
+              e->node, "#tasks", (int64_t)n, NULL);
+}
+
 int loop_init(struct sk_engine *e) {
   sk_error err = {0};
   int rc = connect_all(e, &err);
@@ -1494,15 +1562,14 @@ int loop_init(struct sk_engine *e) {
               err.message, NULL);
     return rc;
   }
+  reclaim_own(e);
   if (uv_loop_init(&e->loop) != 0)
     return SK_EIO;
-  uv_handle_t *hs[] = {(uv_handle_t *)&e->wake,
-                       (uv_handle_t *)&e->poll_timer,
-                       (uv_handle_t *)&e->due_timer,
-                       (uv_handle_t *)&e->renew_timer,
-                       (uv_handle_t *)&e->watchdog_timer,
-                       (uv_handle_t *)&e->retry_timer,
-                       (uv_handle_t *)&e->gpu_timer};
+  uv_handle_t *hs[] = {
+      (uv_handle_t *)&e->wake,           (uv_handle_t *)&e->poll_timer,
+      (uv_handle_t *)&e->due_timer,      (uv_handle_t *)&e->renew_timer,
+      (uv_handle_t *)&e->watchdog_timer, (uv_handle_t *)&e->retry_timer,
+      (uv_handle_t *)&e->gpu_timer};
   uv_async_init(&e->loop, &e->wake, wake_cb);
   uv_timer_init(&e->loop, &e->poll_timer);
   uv_timer_init(&e->loop, &e->due_timer);
@@ -1516,13 +1583,15 @@ int loop_init(struct sk_engine *e) {
   }
   e->listen_active = false;
   if (listen_start(e) != SK_OK)
-    log_write(LOG_WARNING, "cannot watch the notification connection; "
-                           "polling",
+    log_write(LOG_WARNING,
+              "cannot watch the notification connection; "
+              "polling",
               NULL);
   e->http_up = httpcall_init(&e->http, &e->loop) == SK_OK;
   if (!e->http_up)
-    log_write(LOG_WARNING, "http steps cannot run on this node (libcurl "
-                           "could not start)",
+    log_write(LOG_WARNING,
+              "http steps cannot run on this node (libcurl "
+              "could not start)",
               NULL);
   uint64_t poll = (uint64_t)e->o.poll_interval_ms;
   uv_timer_start(&e->poll_timer, poll_cb, 0, poll);
@@ -1552,10 +1621,11 @@ int loop_run(struct sk_engine *e) {
   return SK_OK;
 }
 
-/* ---- API ops ----------------------------------------------------------------- */
+/* ---- API ops
+ * ----------------------------------------------------------------- */
 
-static const def_workflow *direct_get_def(void *ud, PGconn *c,
-                                          const char *name, int version) {
+static const def_workflow *direct_get_def(void *ud, PGconn *c, const char *name,
+                                          int version) {
   def_workflow *wf = NULL;
   if (engine_get_workflow(ud, c, name, version, &wf, NULL) != SK_OK)
     return NULL;

@@ -446,7 +446,9 @@ static int pg_ctl_start(const pgembed *h) {
       buf_putc(&o, *p);
   }
   buf_puts(&o, "' -c unix_socket_permissions=0777 -p " PG_PORT
-               " -c max_connections=200 -c shared_buffers=128MB");
+               " -c max_connections=200 -c shared_buffers=128MB"
+               /* the ready queue churns a row per step: look at it often */
+               " -c autovacuum_naptime=10");
   int st = -1;
   if (buf_ok(&o)) {
     const char *const argv[] = {prog, "-D", h->pg, "-l",   h->log,  "-w",

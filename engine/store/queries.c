@@ -34,13 +34,13 @@ int queries_register_def(PGconn *c, const char *name, int version,
   snprintf(ver, sizeof(ver), "%d", version);
   const char *p[3] = {name, ver, spec_json};
   int rc;
-  PGresult *r = query(
-      c,
-      "INSERT INTO workflow_defs (name, version, spec, spec_sha256) "
-      "VALUES ($1, $2::int, $3::jsonb, "
-      "  encode(sha256(convert_to($3::jsonb::text, 'UTF8')), 'hex')) "
-      "ON CONFLICT (name, version) DO NOTHING RETURNING 1",
-      3, p, "could not register workflow", &rc, err);
+  PGresult *r =
+      query(c,
+            "INSERT INTO workflow_defs (name, version, spec, spec_sha256) "
+            "VALUES ($1, $2::int, $3::jsonb, "
+            "  encode(sha256(convert_to($3::jsonb::text, 'UTF8')), 'hex')) "
+            "ON CONFLICT (name, version) DO NOTHING RETURNING 1",
+            3, p, "could not register workflow", &rc, err);
   if (r == NULL)
     return rc;
   bool inserted = PQntuples(r) == 1;
@@ -68,8 +68,8 @@ int queries_register_def(PGconn *c, const char *name, int version,
                       name, version);
 }
 
-int queries_load_def(PGconn *c, const char *name, int version,
-                     char **spec_json, int *version_out, sk_error *err) {
+int queries_load_def(PGconn *c, const char *name, int version, char **spec_json,
+                     int *version_out, sk_error *err) {
   char ver[16];
   snprintf(ver, sizeof(ver), "%d", version);
   const char *p[2] = {name, ver};
@@ -102,11 +102,11 @@ int queries_saga_state(PGconn *c, const char *id, char **state_json,
   const char *p[1] = {id};
   int rc;
   /* A status check (sk_saga_wait polls it) must not ship the whole state. */
-  PGresult *r = query(c,
-                      state_json != NULL
-                          ? "SELECT state::text, status FROM sagas WHERE id = $1"
-                          : "SELECT NULL, status FROM sagas WHERE id = $1",
-                      1, p, "could not read saga", &rc, err);
+  PGresult *r = query(
+      c,
+      state_json != NULL ? "SELECT state::text, status FROM sagas WHERE id = $1"
+                         : "SELECT NULL, status FROM sagas WHERE id = $1",
+      1, p, "could not read saga", &rc, err);
   if (r == NULL)
     return rc;
   if (PQntuples(r) == 0) {
@@ -116,8 +116,7 @@ int queries_saga_state(PGconn *c, const char *id, char **state_json,
   if (status != NULL &&
       saga_status_parse(PQgetvalue(r, 0, 1), status) != SK_OK) {
     PQclear(r);
-    return sk_error_set(err, SK_EINTERNAL, "saga %s has an unknown status",
-                        id);
+    return sk_error_set(err, SK_EINTERNAL, "saga %s has an unknown status", id);
   }
   if (state_json != NULL) {
     *state_json = strdup(PQgetvalue(r, 0, 0));
@@ -176,12 +175,11 @@ int queries_load_events(PGconn *c, const char *id, saga_event **events,
   *n = 0;
   const char *p[1] = {id};
   int rc;
-  PGresult *r = query(
-      c,
-      "SELECT seq, type, step, attempt, node, payload::text, "
-      "  (extract(epoch FROM created_at) * 1000)::bigint "
-      "FROM saga_events WHERE saga_id = $1 ORDER BY seq",
-      1, p, "could not read saga events", &rc, err);
+  PGresult *r = query(c,
+                      "SELECT seq, type, step, attempt, node, payload::text, "
+                      "  (extract(epoch FROM created_at) * 1000)::bigint "
+                      "FROM saga_events WHERE saga_id = $1 ORDER BY seq",
+                      1, p, "could not read saga events", &rc, err);
   if (r == NULL)
     return rc;
   int rows = PQntuples(r);
@@ -220,10 +218,11 @@ static int verify_one(PGconn *c, const char *id, bool *equal, sk_error *err) {
     rc = saga_state_to_json(&st, &json);
   if (rc == SK_OK) {
     const char *p[2] = {id, json};
-    PGresult *r = query(c,
-                        "SELECT coalesce((SELECT state = $2::jsonb FROM sagas "
-                        "WHERE id = $1), false)",
-                        2, p, "could not compare projection", &rc, err);
+    PGresult *r =
+        query(c,
+              "SELECT coalesce((SELECT state::jsonb = $2::jsonb FROM sagas "
+              "WHERE id = $1), false)",
+              2, p, "could not compare projection", &rc, err);
     if (r != NULL) {
       *equal = PQgetvalue(r, 0, 0)[0] == 't';
       PQclear(r);
@@ -249,7 +248,7 @@ int queries_verify(PGconn *c, const char *id, verify_report *rep,
   int rc;
   PGresult *r = query(c,
                       "SELECT id::text FROM sagas WHERE $1::uuid IS NULL OR "
-                      "id = $1::uuid ORDER BY id",
+                      "id = $1::uuid ORDER BY sagas.id",
                       1, p, "could not list sagas", &rc, err);
   if (r == NULL)
     return rc;
@@ -275,12 +274,12 @@ int queries_verify(PGconn *c, const char *id, verify_report *rep,
 int queries_node_heartbeat(PGconn *c, const char *node,
                            const char *capacity_json, sk_error *err) {
   const char *p[2] = {node, capacity_json != NULL ? capacity_json : "{}"};
-  PGresult *r = PQexecParams(
-      c,
-      "INSERT INTO nodes (name, capacity) VALUES ($1, $2::jsonb) "
-      "ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), "
-      "capacity = excluded.capacity",
-      2, NULL, p, NULL, NULL, 0);
+  PGresult *r =
+      PQexecParams(c,
+                   "INSERT INTO nodes (name, capacity) VALUES ($1, $2::jsonb) "
+                   "ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), "
+                   "capacity = excluded.capacity",
+                   2, NULL, p, NULL, NULL, 0);
   int rc = SK_OK;
   if (PQresultStatus(r) != PGRES_COMMAND_OK)
     rc = db_fail(c, r, "could not record node heartbeat", err);
@@ -318,7 +317,8 @@ int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err) {
   const char *p[1] = {id};
   int rc = query_json(
       c,
-      "SELECT (s.state || jsonb_build_object('created_at', s.created_at, "
+      "SELECT (s.state::jsonb || jsonb_build_object('created_at', "
+      "s.created_at, "
       "  'updated_at', s.updated_at, 'tasks', coalesce((SELECT jsonb_agg("
       "  jsonb_build_object('step', t.step, 'step_name', t.step_name, "
       "  'kind', CASE t.kind WHEN 0 THEN 'fwd' WHEN 1 THEN 'comp' "
@@ -383,8 +383,8 @@ int queries_saga_ids(PGconn *c, const char *status, const char *workflow,
   PGresult *r = query(c,
                       "SELECT id::text FROM sagas WHERE status = $1 "
                       "AND ($2::text IS NULL OR workflow = $2) "
-                      "AND state->>'replayed_by' IS NULL "
-                      "ORDER BY id LIMIT $3::int",
+                      "AND state::jsonb->>'replayed_by' IS NULL "
+                      "ORDER BY sagas.id LIMIT $3::int",
                       3, p, "could not select sagas", &rc, err);
   if (r == NULL)
     return rc;
@@ -421,8 +421,8 @@ int queries_list_nodes(PGconn *c, int64_t stale_ms, char **json,
 }
 
 int queries_singleton_duties(PGconn *c, int64_t reap_after_ms,
-                             int retention_days, size_t *reaped,
-                             size_t *purged, sk_error *err) {
+                             int retention_days, size_t *reaped, size_t *purged,
+                             sk_error *err) {
   *reaped = *purged = 0;
   int rc;
   PGresult *r = query(c, "SELECT pg_try_advisory_lock(7346250916341112)", 0,
@@ -452,9 +452,15 @@ int queries_singleton_duties(PGconn *c, int64_t reap_after_ms,
    * failed and paused ones wait for an operator and are kept. */
   const char *p2[1] = {days};
   r = query(c,
-            "WITH old AS (SELECT id FROM sagas WHERE status IN ('completed', "
-            "  'compensated', 'cancelled') AND updated_at < now() - "
-            "  make_interval(days => $1::int) LIMIT 1000), "
+            /* A saga finished before the cutoff was created before it, and
+             * ids are UUIDv7 (creation time first): the id bound keeps the
+             * scan of sagas_by_status to the old ones, however big the
+             * table. */
+            "WITH cut AS (SELECT now() - make_interval(days => $1::int) AS t), "
+            "old AS (SELECT id FROM sagas, cut WHERE status IN ('completed', "
+            "  'compensated', 'cancelled') AND id < (lpad(to_hex(("
+            "  extract(epoch FROM cut.t) * 1000)::bigint), 12, '0') || "
+            "  repeat('0', 20))::uuid AND updated_at < cut.t LIMIT 1000), "
             "ev AS (DELETE FROM saga_events e USING old WHERE e.saga_id = "
             "  old.id), "
             "ik AS (DELETE FROM saga_idempotency i USING old WHERE "

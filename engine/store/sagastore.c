@@ -26,6 +26,8 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "store/db.h"
+#include "store/pipe.h"
+#include "store/statecache.h"
 
 #define COMMIT_MAX_TRIES 5
 
@@ -33,9 +35,11 @@
 typedef struct touched {
   char id[37];
   saga_state st;
-  bool found;     /* exists in the database */
-  bool is_new;    /* started by this batch */
-  bool dirty;     /* changed by this batch */
+  bool found;  /* exists in the database */
+  bool is_new; /* started by this batch */
+  bool dirty;  /* changed by this batch */
+  bool cached; /* st came from the state cache (seq still to check) */
+  bool stale;  /* cached, but the row moved on: read it */
 } touched;
 
 /* Everything one attempt writes, as array literals for unnest(). */
@@ -44,14 +48,14 @@ typedef struct writes {
       ev_ts;
   size_t n_events;
   pgarr tk_saga, tk_step, tk_kind, tk_attempt, tk_workflow, tk_step_name,
-      tk_action, tk_type, tk_bulkhead, tk_avail, tk_input, tk_timeout,
-      tk_gpus, tk_gpu_mem, tk_claim;
+      tk_action, tk_type, tk_bulkhead, tk_avail, tk_input, tk_timeout, tk_gpus,
+      tk_gpu_mem, tk_claim;
   size_t n_tasks;
   size_t n_claims;
   size_t n_unclaimed_due;
   pgarr cx_saga, cx_step;
   size_t n_cancels;
-  pgarr dl_saga, dl_step;      /* waiting forward tasks to drop */
+  pgarr dl_saga, dl_step; /* waiting forward tasks to drop */
   size_t n_drops;
   bool notify;
   int64_t next_due_ms;
@@ -59,17 +63,20 @@ typedef struct writes {
 
 typedef struct attempt {
   touched *t;
-  size_t n_t;      /* loaded (sorted by id) first, then started ones */
+  size_t n_t; /* loaded (sorted by id) first, then started ones */
   size_t n_loaded;
   writes w;
 } attempt;
 
 #define WRITES_ARRAYS(X)                                                       \
-  X(ev_saga) X(ev_seq) X(ev_type) X(ev_step) X(ev_attempt) X(ev_node)          \
-  X(ev_payload) X(ev_ts) X(tk_saga) X(tk_step) X(tk_kind) X(tk_attempt)        \
-  X(tk_workflow) X(tk_step_name) X(tk_action) X(tk_type) X(tk_bulkhead)        \
-  X(tk_avail) X(tk_input) X(tk_timeout) X(tk_gpus) X(tk_gpu_mem) X(tk_claim)   \
-  X(cx_saga) X(cx_step) X(dl_saga) X(dl_step)
+  X(ev_saga)                                                                   \
+  X(ev_seq)                                                                    \
+  X(ev_type)                                                                   \
+  X(ev_step) X(ev_attempt) X(ev_node) X(ev_payload) X(ev_ts) X(tk_saga)        \
+      X(tk_step) X(tk_kind) X(tk_attempt) X(tk_workflow) X(tk_step_name)       \
+          X(tk_action) X(tk_type) X(tk_bulkhead) X(tk_avail) X(tk_input)       \
+              X(tk_timeout) X(tk_gpus) X(tk_gpu_mem) X(tk_claim) X(cx_saga)    \
+                  X(cx_step) X(dl_saga) X(dl_step)
 
 static void writes_init(writes *w) {
   memset(w, 0, sizeof(*w));
@@ -124,6 +131,140 @@ void store_batch_clear_out(store_batch *b) {
   b->n_claimed = 0;
 }
 
+/* ---- the statements (prepared once per connection) -------------------- */
+
+/* $2: the sagas whose state the cache holds; their rows only say whether
+ * it is still current. */
+static const db_stmt sk_lock_sagas = {
+    "sk_lock_sagas",
+    "SELECT id::text, last_seq, "
+    "CASE WHEN id = ANY($2::uuid[]) THEN NULL ELSE state END FROM sagas "
+    "WHERE id = ANY($1::uuid[]) ORDER BY sagas.id FOR UPDATE",
+    2};
+
+static const db_stmt sk_read_sagas = {
+    "sk_read_sagas",
+    "SELECT id::text, state FROM sagas WHERE id = ANY($1::uuid[])", 1};
+
+/* The one-round-trip commit's checks (skald_expect raises SK001). */
+static const db_stmt sk_expect_sagas = {
+    "sk_expect_sagas",
+    "SELECT skald_expect(count(*) = cardinality($1::uuid[]) "
+    "AND bool_and(l.last_seq = x.q), 'projections') "
+    "FROM (SELECT id, last_seq FROM sagas WHERE id = ANY($1::uuid[]) "
+    "ORDER BY id FOR UPDATE) l "
+    "JOIN unnest($1::uuid[], $2::bigint[]) AS x(i, q) ON x.i = l.id",
+    2};
+
+static const db_stmt sk_expect_leases = {
+    "sk_expect_leases",
+    "WITH d AS (DELETE FROM tasks t USING unnest($1::uuid[], $2::int[], "
+    "$3::smallint[], $4::bigint[]) AS r(s, st, k, tok) "
+    "WHERE t.saga_id = r.s AND t.step = r.st AND t.kind = r.k "
+    "AND t.lease_token = r.tok RETURNING 1) "
+    "SELECT skald_expect((SELECT count(*) FROM d) = "
+    "cardinality($4::bigint[]), 'leases')",
+    4};
+
+static const db_stmt sk_expect_keys = {
+    "sk_expect_keys",
+    "WITH k AS (INSERT INTO saga_idempotency (workflow, key, saga_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
+    "ON CONFLICT DO NOTHING RETURNING 1) "
+    "SELECT skald_expect((SELECT count(*) FROM k) = "
+    "cardinality($3::uuid[]), 'idempotency keys')",
+    3};
+
+static const db_stmt sk_fence_results = {
+    "sk_fence_results",
+    "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[], "
+    "$3::smallint[], $4::bigint[]) AS r(s, st, k, tok) "
+    "WHERE t.saga_id = r.s AND t.step = r.st AND t.kind = r.k "
+    "AND t.lease_token = r.tok "
+    "RETURNING t.saga_id::text, t.step, t.kind, t.lease_token",
+    4};
+
+static const db_stmt sk_insert_keys = {
+    "sk_insert_keys",
+    "INSERT INTO saga_idempotency (workflow, key, saga_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
+    "ON CONFLICT DO NOTHING RETURNING saga_id::text",
+    3};
+
+static const db_stmt sk_append_events = {
+    "sk_append_events",
+    "INSERT INTO saga_events (saga_id, seq, type, step, attempt, node, "
+    "payload, created_at) "
+    "SELECT s, q, t, st, a, n, p::jsonb, to_timestamp(ts / 1000.0) "
+    "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], "
+    "$5::int[], $6::text[], $7::text[], $8::bigint[]) "
+    "AS u(s, q, t, st, a, n, p, ts)",
+    8};
+
+static const db_stmt sk_insert_sagas = {
+    "sk_insert_sagas",
+    "INSERT INTO sagas (id, workflow, version, status, last_seq, state, "
+    "created_at, updated_at) "
+    "SELECT i, w, v, s, q, st, to_timestamp(c / 1000.0), "
+    "to_timestamp(u / 1000.0) "
+    "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], "
+    "$5::bigint[], $6::text[], $7::bigint[], $8::bigint[]) "
+    "AS x(i, w, v, s, q, st, c, u)",
+    8};
+
+static const db_stmt sk_update_sagas = {
+    "sk_update_sagas",
+    "UPDATE sagas s SET status = x.st, last_seq = x.q, "
+    "state = x.j, updated_at = to_timestamp(x.u / 1000.0) "
+    "FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], "
+    "$5::bigint[]) AS x(i, st, q, j, u) WHERE s.id = x.i",
+    5};
+
+static const db_stmt sk_enqueue_tasks = {
+    "sk_enqueue_tasks",
+    "INSERT INTO tasks AS t (saga_id, step, kind, attempt, workflow, "
+    "step_name, action, task_type, bulkhead, available_at, input, "
+    "timeout_ms, gpus, gpu_memory_mb, lease_owner, lease_token, leased_at, "
+    "deliveries) "
+    "SELECT s, st, k, a, w, sn, ac, ty, bh, "
+    "  CASE WHEN cl THEN now() + make_interval(secs => $17::int / 1000.0) "
+    "       ELSE to_timestamp(av / 1000.0) END, "
+    "  i::jsonb, tm, g, gm, "
+    "  CASE WHEN cl THEN $16 END, "
+    "  CASE WHEN cl THEN nextval('lease_token_seq') END, "
+    "  CASE WHEN cl THEN now() END, "
+    "  CASE WHEN cl THEN 1 ELSE 0 END "
+    "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::int[], "
+    "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
+    "$10::bigint[], $11::text[], $12::bigint[], $13::int[], $14::bigint[], "
+    "$15::bool[]) AS x(s, st, k, a, w, sn, ac, ty, bh, av, i, tm, g, gm, cl) "
+    "ON CONFLICT (saga_id, step, kind) DO UPDATE SET "
+    "  attempt = excluded.attempt, action = excluded.action, "
+    "  task_type = excluded.task_type, bulkhead = excluded.bulkhead, "
+    "  available_at = excluded.available_at, input = excluded.input, "
+    "  timeout_ms = excluded.timeout_ms, lease_owner = excluded.lease_owner, "
+    "  lease_token = excluded.lease_token, leased_at = excluded.leased_at, "
+    "  deliveries = excluded.deliveries, cancel_requested = false "
+    "RETURNING " SAGASTORE_TASK_COLUMNS ", "
+    "  t.lease_owner = $16 AND t.lease_token IS NOT NULL",
+    17};
+
+static const db_stmt sk_mark_cancels = {
+    "sk_mark_cancels",
+    "UPDATE tasks t SET cancel_requested = true, "
+    "available_at = CASE WHEN t.lease_token IS NULL THEN now() "
+    "ELSE t.available_at END "
+    "FROM unnest($1::uuid[], $2::int[]) AS x(s, st) "
+    "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind IN (0, 2)",
+    2};
+
+static const db_stmt sk_drop_waiting = {
+    "sk_drop_waiting",
+    "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[]) AS x(s, st) "
+    "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = 0 "
+    "AND (t.lease_owner IS NULL OR t.available_at <= now())",
+    2};
+
 /* ---- touched sagas ------------------------------------------------------- */
 
 static int touched_cmp(const void *a, const void *b) {
@@ -145,7 +286,8 @@ static void attempt_free(attempt *a) {
 }
 
 /* Collects the distinct saga ids of non-start ops, sorted. */
-static int collect_touched(const store_batch *b, attempt *a) {
+static int collect_touched(const store_batch *b, attempt *a,
+                           state_cache *cache) {
   /* Room for every loaded saga plus every saga a start or a new-run
    * replay adds. */
   a->t = calloc(b->n_ops ? 2 * b->n_ops : 1, sizeof(touched));
@@ -155,8 +297,8 @@ static int collect_touched(const store_batch *b, attempt *a) {
     const store_op *op = &b->ops[i];
     if (op->type == STORE_OP_START)
       continue;
-    const char *id = op->type == STORE_OP_RESULT ? op->lease.saga_id
-                                                 : op->saga_id;
+    const char *id =
+        op->type == STORE_OP_RESULT ? op->lease.saga_id : op->saga_id;
     snprintf(a->t[a->n_t].id, sizeof(a->t[a->n_t].id), "%s", id);
     saga_state_init(&a->t[a->n_t].st);
     a->n_t++;
@@ -170,58 +312,165 @@ static int collect_touched(const store_batch *b, attempt *a) {
   }
   a->n_t = k;
   a->n_loaded = k;
+  for (size_t i = 0; i < k; i++)
+    a->t[i].cached = state_cache_take(cache, a->t[i].id, &a->t[i].st);
   return SK_OK;
 }
 
 /* Step 1: lock and load the projections. */
-static int lock_sagas(PGconn *c, attempt *a, sk_error *err) {
-  if (a->n_t == 0)
-    return SK_OK;
-  pgarr ids;
-  pgarr_init(&ids);
-  for (size_t i = 0; i < a->n_t; i++)
-    pgarr_add_str(&ids, a->t[i].id);
-  const char *params[1] = {pgarr_get(&ids)};
-  if (params[0] == NULL) {
-    pgarr_free(&ids);
-    return SK_ENOMEM;
-  }
-  PGresult *r = PQexecParams(c,
-                             "SELECT id::text, state::text FROM sagas "
-                             "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-                             1, NULL, params, NULL, NULL, 0);
-  pgarr_free(&ids);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-    int rc = db_fail(c, r, "could not lock sagas", err);
-    PQclear(r);
-    return rc;
-  }
-  int rc = SK_OK;
-  for (int i = 0; i < PQntuples(r) && rc == SK_OK; i++) {
+static int load_state(touched *t, const char *json, sk_error *err) {
+  saga_state_clear(&t->st);
+  int rc = saga_state_from_json(json, &t->st);
+  if (rc != SK_OK)
+    return sk_error_set(err, rc, "could not read the projection of saga %s",
+                        t->id);
+  t->found = true;
+  return SK_OK;
+}
+
+static int read_lock(const PGresult *r, void *ctx, sk_error *err) {
+  attempt *a = ctx;
+  for (int i = 0; i < PQntuples(r); i++) {
     touched *t = touched_find(a, PQgetvalue(r, i, 0));
     if (t == NULL)
       continue;
-    saga_state_clear(&t->st);
-    rc = saga_state_from_json(PQgetvalue(r, i, 1), &t->st);
-    if (rc != SK_OK) {
-      sk_error_set(err, rc, "could not read the projection of saga %s",
-                   t->id);
-      break;
+    if (t->cached) {
+      t->found = atoll(PQgetvalue(r, i, 1)) == t->st.last_seq;
+      t->stale = !t->found;
+      continue;
     }
-    t->found = true;
+    int rc = load_state(t, PQgetvalue(r, i, 2), err);
+    if (rc != SK_OK)
+      return rc;
   }
-  PQclear(r);
+  /* A cached state whose row is gone (or moved on) is of no use. */
+  for (size_t i = 0; i < a->n_loaded; i++)
+    if (a->t[i].cached && !a->t[i].found)
+      saga_state_clear(&a->t[i].st);
+  return SK_OK;
+}
+
+static void send_lock(db_pipe *p, attempt *a) {
+  if (a->n_t == 0)
+    return;
+  pgarr ids, cached;
+  pgarr_init(&ids);
+  pgarr_init(&cached);
+  for (size_t i = 0; i < a->n_t; i++) {
+    pgarr_add_str(&ids, a->t[i].id);
+    if (a->t[i].cached)
+      pgarr_add_str(&cached, a->t[i].id);
+  }
+  const char *params[2] = {pgarr_get(&ids), pgarr_get(&cached)};
+  if (params[0] == NULL || params[1] == NULL)
+    p->rc = SK_ENOMEM;
+  db_pipe_send_stmt(p, &sk_lock_sagas, params, "could not lock sagas",
+                    read_lock, a);
+  pgarr_free(&ids);
+  pgarr_free(&cached);
+}
+
+static int read_stale_rows(const PGresult *r, void *ctx, sk_error *err) {
+  attempt *a = ctx;
+  for (int i = 0; i < PQntuples(r); i++) {
+    touched *t = touched_find(a, PQgetvalue(r, i, 0));
+    if (t == NULL || !t->stale)
+      continue;
+    int rc = load_state(t, PQgetvalue(r, i, 1), err);
+    if (rc != SK_OK)
+      return rc;
+    t->stale = false;
+  }
+  return SK_OK;
+}
+
+/* The sagas whose cached state was stale (rows locked already). Rare: only
+ * when another node or an operator moved them on. */
+static int read_stale(PGconn *c, attempt *a, sk_error *err) {
+  pgarr ids;
+  pgarr_init(&ids);
+  for (size_t i = 0; i < a->n_loaded; i++)
+    if (a->t[i].stale)
+      pgarr_add_str(&ids, a->t[i].id);
+  if (ids.n == 0) {
+    pgarr_free(&ids);
+    return SK_OK;
+  }
+  const char *params[1] = {pgarr_get(&ids)};
+  int rc = SK_OK;
+  db_pipe p;
+  if (params[0] == NULL)
+    rc = SK_ENOMEM;
+  if (rc == SK_OK)
+    rc = db_pipe_open(&p, c, err);
+  if (rc == SK_OK) {
+    db_pipe_send_stmt(&p, &sk_read_sagas, params, "could not read sagas",
+                      read_stale_rows, a);
+    rc = db_pipe_run(&p);
+  }
+  pgarr_free(&ids);
   return rc;
 }
 
-/* Step 2: fence results. An op whose task row is not deleted is stale. */
-static int fence_results(PGconn *c, store_batch *b, sk_error *err) {
+/* Step 2: fence results. An op whose task row is not deleted is stale.
+ * Lease tokens are unique (one sequence), so the rows the DELETE returns
+ * are matched to ops by token (then checked field by field). */
+typedef struct token_ref {
+  long long token;
+  size_t op;
+} token_ref;
+
+typedef struct fence_ctx {
+  store_batch *b;
+  token_ref *by_token; /* the result ops, sorted by token */
+  size_t n;
+} fence_ctx;
+
+static int by_token_cmp(const void *x, const void *y) {
+  long long a = ((const token_ref *)x)->token;
+  long long b = ((const token_ref *)y)->token;
+  return (a > b) - (a < b);
+}
+
+static int read_fence(const PGresult *r, void *ctx, sk_error *err) {
+  (void)err;
+  fence_ctx *f = ctx;
+  for (int i = 0; i < PQntuples(r); i++) {
+    const char *sid = PQgetvalue(r, i, 0);
+    int step = atoi(PQgetvalue(r, i, 1));
+    int kind = atoi(PQgetvalue(r, i, 2));
+    long long token = atoll(PQgetvalue(r, i, 3));
+    size_t lo = 0, hi = f->n;
+    while (lo < hi) { /* first op with this token */
+      size_t mid = lo + (hi - lo) / 2;
+      if (f->by_token[mid].token < token)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (; lo < f->n; lo++) {
+      if (f->by_token[lo].token != token)
+        break;
+      store_op *op = &f->b->ops[f->by_token[lo].op];
+      if (op->rc == SK_ELEASE && op->lease.step == step &&
+          (int)op->lease.kind == kind && strcmp(op->lease.saga_id, sid) == 0) {
+        op->rc = SK_OK;
+        break;
+      }
+    }
+  }
+  return SK_OK;
+}
+
+/* by_token is filled here and must outlive the pipe. */
+static void send_fence(db_pipe *p, store_batch *b, fence_ctx *f) {
   pgarr s, st, k, tok;
   pgarr_init(&s);
   pgarr_init(&st);
   pgarr_init(&k);
   pgarr_init(&tok);
-  size_t n = 0;
+  f->b = b;
+  f->n = 0;
   for (size_t i = 0; i < b->n_ops; i++) {
     store_op *op = &b->ops[i];
     if (op->type != STORE_OP_RESULT)
@@ -231,52 +480,22 @@ static int fence_results(PGconn *c, store_batch *b, sk_error *err) {
     pgarr_add_i64(&st, op->lease.step);
     pgarr_add_i64(&k, op->lease.kind);
     pgarr_add_i64(&tok, op->lease.token);
-    n++;
+    f->by_token[f->n].token = op->lease.token;
+    f->by_token[f->n++].op = i;
   }
-  int rc = SK_OK;
-  if (n > 0) {
+  if (f->n > 0) {
+    qsort(f->by_token, f->n, sizeof(token_ref), by_token_cmp);
     const char *params[4] = {pgarr_get(&s), pgarr_get(&st), pgarr_get(&k),
                              pgarr_get(&tok)};
-    if (!params[0] || !params[1] || !params[2] || !params[3]) {
-      rc = SK_ENOMEM;
-      goto done;
-    }
-    PGresult *r = PQexecParams(
-        c,
-        "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[], "
-        "$3::smallint[], $4::bigint[]) AS r(s, st, k, tok) "
-        "WHERE t.saga_id = r.s AND t.step = r.st AND t.kind = r.k "
-        "AND t.lease_token = r.tok "
-        "RETURNING t.saga_id::text, t.step, t.kind, t.lease_token",
-        4, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-      rc = db_fail(c, r, "could not fence task results", err);
-      PQclear(r);
-      goto done;
-    }
-    for (int i = 0; i < PQntuples(r); i++) {
-      const char *sid = PQgetvalue(r, i, 0);
-      int step = atoi(PQgetvalue(r, i, 1));
-      int kind = atoi(PQgetvalue(r, i, 2));
-      long long token = atoll(PQgetvalue(r, i, 3));
-      for (size_t j = 0; j < b->n_ops; j++) {
-        store_op *op = &b->ops[j];
-        if (op->type == STORE_OP_RESULT && op->rc == SK_ELEASE &&
-            op->lease.step == step && (int)op->lease.kind == kind &&
-            op->lease.token == token && strcmp(op->lease.saga_id, sid) == 0) {
-          op->rc = SK_OK;
-          break;
-        }
-      }
-    }
-    PQclear(r);
+    if (!params[0] || !params[1] || !params[2] || !params[3])
+      p->rc = SK_ENOMEM;
+    db_pipe_send_stmt(p, &sk_fence_results, params,
+                      "could not fence task results", read_fence, f);
   }
-done:
   pgarr_free(&s);
   pgarr_free(&st);
   pgarr_free(&k);
   pgarr_free(&tok);
-  return rc;
 }
 
 /* Step 3: idempotency keys of starts. A key seen before turns the start
@@ -304,49 +523,63 @@ static int key_arrays(const store_batch *b, pgarr *wf, pgarr *key, pgarr *id,
   return (int)n;
 }
 
-static int insert_keys(PGconn *c, store_batch *b, sk_error *err) {
+/* The starts with a key, sorted by their new saga id, to match the rows
+ * the INSERT returns. */
+typedef struct keys_ctx {
+  store_op **ops;
+  size_t n;
+} keys_ctx;
+
+static int by_saga_id_cmp(const void *x, const void *y) {
+  return strcmp((*(store_op *const *)x)->saga_id,
+                (*(store_op *const *)y)->saga_id);
+}
+
+static int read_keys(const PGresult *r, void *ctx, sk_error *err) {
+  (void)err;
+  keys_ctx *k = ctx;
+  /* Ours are the rows returned with our own new id; a duplicate within the
+   * batch is not returned and so looks like an earlier start. */
+  for (size_t i = 0; i < k->n; i++)
+    k->ops[i]->existed = true;
+  for (int row = 0; row < PQntuples(r); row++) {
+    store_op key, *kp = &key;
+    snprintf(key.saga_id, sizeof(key.saga_id), "%s", PQgetvalue(r, row, 0));
+    store_op **hit =
+        bsearch(&kp, k->ops, k->n, sizeof(*k->ops), by_saga_id_cmp);
+    if (hit != NULL)
+      (*hit)->existed = false;
+  }
+  return SK_OK;
+}
+
+/* k->ops is allocated here (room for every op) and freed by the caller. */
+static void send_keys(db_pipe *p, store_batch *b, keys_ctx *k) {
   pgarr wf, key, id;
   pgarr_init(&wf);
   pgarr_init(&key);
   pgarr_init(&id);
-  int rc = SK_OK;
-  if (key_arrays(b, &wf, &key, &id, false) == 0)
-    goto done;
-  const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
-  if (!params[0] || !params[1] || !params[2]) {
-    rc = SK_ENOMEM;
-    goto done;
+  k->n = 0;
+  if (key_arrays(b, &wf, &key, &id, false) > 0) {
+    k->ops = calloc(b->n_ops, sizeof(*k->ops));
+    if (k->ops == NULL) {
+      p->rc = SK_ENOMEM;
+    } else {
+      for (size_t i = 0; i < b->n_ops; i++)
+        if (b->ops[i].type == STORE_OP_START &&
+            b->ops[i].idempotency_key != NULL)
+          k->ops[k->n++] = &b->ops[i];
+      qsort(k->ops, k->n, sizeof(*k->ops), by_saga_id_cmp);
+    }
+    const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
+    if (!params[0] || !params[1] || !params[2])
+      p->rc = SK_ENOMEM;
+    db_pipe_send_stmt(p, &sk_insert_keys, params,
+                      "could not record idempotency keys", read_keys, k);
   }
-  PGresult *r = PQexecParams(
-      c,
-      "INSERT INTO saga_idempotency (workflow, key, saga_id) "
-      "SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) "
-      "ON CONFLICT DO NOTHING RETURNING workflow, key, saga_id::text",
-      3, NULL, params, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-    rc = db_fail(c, r, "could not record idempotency keys", err);
-    PQclear(r);
-    goto done;
-  }
-  /* Ours are the rows returned with our own new id; a duplicate within the
-   * batch is not returned and so looks like an earlier start. */
-  for (size_t i = 0; i < b->n_ops; i++) {
-    store_op *op = &b->ops[i];
-    if (op->type != STORE_OP_START || op->idempotency_key == NULL)
-      continue;
-    op->existed = true;
-    for (int row = 0; row < PQntuples(r); row++)
-      if (strcmp(PQgetvalue(r, row, 2), op->saga_id) == 0) {
-        op->existed = false;
-        break;
-      }
-  }
-  PQclear(r);
-done:
   pgarr_free(&wf);
   pgarr_free(&key);
   pgarr_free(&id);
-  return rc;
 }
 
 static int lookup_keys(PGconn *c, store_batch *b, sk_error *err) {
@@ -399,12 +632,8 @@ done:
   return rc;
 }
 
-static int claim_keys(PGconn *c, store_batch *b, sk_error *err) {
-  int rc = insert_keys(c, b, err);
-  return rc == SK_OK ? lookup_keys(c, b, err) : rc;
-}
-
-/* ---- step 4: decisions ----------------------------------------------------- */
+/* ---- step 4: decisions -----------------------------------------------------
+ */
 
 static void add_event(writes *w, const char *saga_id, const saga_event *ev) {
   pgarr_add_str(&w->ev_saga, saga_id);
@@ -476,9 +705,9 @@ static int take_decision(attempt *a, touched *t, const store_env *env,
 static int decide_start(attempt *a, store_op *op, const store_env *env) {
   saga_decision d;
   saga_decision_init(&d);
-  int rc = saga_decide_start(op->wf, op->saga_id, op->input,
-                             op->idempotency_key, op->replay_of, env->now_ms,
-                             env->rng, &d);
+  int rc =
+      saga_decide_start(op->wf, op->saga_id, op->input, op->idempotency_key,
+                        op->replay_of, env->now_ms, env->rng, &d);
   if (rc != SK_OK) {
     saga_decision_clear(&d);
     return rc;
@@ -541,8 +770,8 @@ static int replay_new_run(attempt *a, touched *old, store_op *op,
 
 static int decide_existing(attempt *a, store_op *op, const store_env *env,
                            PGconn *c) {
-  const char *id = op->type == STORE_OP_RESULT ? op->lease.saga_id
-                                               : op->saga_id;
+  const char *id =
+      op->type == STORE_OP_RESULT ? op->lease.saga_id : op->saga_id;
   touched *t = find_any(a, id);
   if (t == NULL || (!t->found && !t->is_new))
     return SK_ENOENT;
@@ -597,8 +826,8 @@ static int decide_existing(attempt *a, store_op *op, const store_env *env,
     }
     saga_replay req = {.from_step = op->from_step,
                        .step_input = op->step_input};
-    rc = saga_decide_replay(wf, &t->st, &req, env->node, env->now_ms,
-                            env->rng, &d);
+    rc = saga_decide_replay(wf, &t->st, &req, env->node, env->now_ms, env->rng,
+                            &d);
     break;
   }
   default:
@@ -635,43 +864,26 @@ static int decide_all(PGconn *c, store_batch *b, attempt *a,
   return writes_ok(&a->w) ? SK_OK : SK_ENOMEM;
 }
 
-/* ---- step 5: writes --------------------------------------------------------- */
+/* ---- step 5: writes ---------------------------------------------------------
+ */
 
-static int exec_params(PGconn *c, const char *sql, int n, const char **params,
-                       const char *what, sk_error *err) {
-  PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-  ExecStatusType s = PQresultStatus(r);
-  int rc = SK_OK;
-  if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
-    rc = db_fail(c, r, what, err);
-  PQclear(r);
-  return rc;
-}
-
-static int write_events(PGconn *c, writes *w, sk_error *err) {
+static void send_events(db_pipe *pp, writes *w) {
   if (w->n_events == 0)
-    return SK_OK;
+    return;
   const char *p[8] = {pgarr_get(&w->ev_saga),    pgarr_get(&w->ev_seq),
                       pgarr_get(&w->ev_type),    pgarr_get(&w->ev_step),
                       pgarr_get(&w->ev_attempt), pgarr_get(&w->ev_node),
                       pgarr_get(&w->ev_payload), pgarr_get(&w->ev_ts)};
-  return exec_params(
-      c,
-      "INSERT INTO saga_events (saga_id, seq, type, step, attempt, node, "
-      "payload, created_at) "
-      "SELECT s, q, t, st, a, n, p::jsonb, to_timestamp(ts / 1000.0) "
-      "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::int[], "
-      "$5::int[], $6::text[], $7::text[], $8::bigint[]) "
-      "AS u(s, q, t, st, a, n, p, ts)",
-      8, p, "could not append saga events", err);
+  db_pipe_send_stmt(pp, &sk_append_events, p, "could not append saga events",
+                    NULL, NULL);
 }
 
-static int write_projections(PGconn *c, attempt *a, sk_error *err) {
+static int send_projections(db_pipe *pp, attempt *a) {
   pgarr nid, nwf, nver, nstatus, nseq, nstate, ncreated, nupdated;
   pgarr uid, ustatus, useq, ustate, uupdated;
-  pgarr *all[] = {&nid,  &nwf,    &nver,  &nstatus,  &nseq,
-                  &nstate, &ncreated, &nupdated, &uid, &ustatus,
-                  &useq, &ustate, &uupdated};
+  pgarr *all[] = {&nid,    &nwf,      &nver,     &nstatus, &nseq,
+                  &nstate, &ncreated, &nupdated, &uid,     &ustatus,
+                  &useq,   &ustate,   &uupdated};
   size_t nall = sizeof(all) / sizeof(all[0]);
   for (size_t i = 0; i < nall; i++)
     pgarr_init(all[i]);
@@ -706,32 +918,18 @@ static int write_projections(PGconn *c, attempt *a, sk_error *err) {
     free(json);
   }
   if (rc == SK_OK && n_new > 0) {
-    const char *p[8] = {pgarr_get(&nid),    pgarr_get(&nwf),
-                        pgarr_get(&nver),   pgarr_get(&nstatus),
-                        pgarr_get(&nseq),   pgarr_get(&nstate),
+    const char *p[8] = {pgarr_get(&nid),      pgarr_get(&nwf),
+                        pgarr_get(&nver),     pgarr_get(&nstatus),
+                        pgarr_get(&nseq),     pgarr_get(&nstate),
                         pgarr_get(&ncreated), pgarr_get(&nupdated)};
-    rc = exec_params(
-        c,
-        "INSERT INTO sagas (id, workflow, version, status, last_seq, state, "
-        "created_at, updated_at) "
-        "SELECT i, w, v, s, q, st::jsonb, to_timestamp(c / 1000.0), "
-        "to_timestamp(u / 1000.0) "
-        "FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], "
-        "$5::bigint[], $6::text[], $7::bigint[], $8::bigint[]) "
-        "AS x(i, w, v, s, q, st, c, u)",
-        8, p, "could not insert sagas", err);
+    db_pipe_send_stmt(pp, &sk_insert_sagas, p, "could not insert sagas", NULL,
+                      NULL);
   }
   if (rc == SK_OK && n_upd > 0) {
-    const char *p[5] = {pgarr_get(&uid), pgarr_get(&ustatus),
-                        pgarr_get(&useq), pgarr_get(&ustate),
-                        pgarr_get(&uupdated)};
-    rc = exec_params(
-        c,
-        "UPDATE sagas s SET status = x.st, last_seq = x.q, "
-        "state = x.j::jsonb, updated_at = to_timestamp(x.u / 1000.0) "
-        "FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], "
-        "$5::bigint[]) AS x(i, st, q, j, u) WHERE s.id = x.i",
-        5, p, "could not update sagas", err);
+    const char *p[5] = {pgarr_get(&uid), pgarr_get(&ustatus), pgarr_get(&useq),
+                        pgarr_get(&ustate), pgarr_get(&uupdated)};
+    db_pipe_send_stmt(pp, &sk_update_sagas, p, "could not update sagas", NULL,
+                      NULL);
   }
   for (size_t i = 0; i < nall; i++)
     pgarr_free(all[i]);
@@ -776,125 +974,101 @@ int sagastore_read_task_row(const PGresult *r, int row, leased_task *t) {
   return SK_OK;
 }
 
-static int write_tasks(PGconn *c, store_batch *b, writes *w,
-                       const store_env *env, sk_error *err) {
-  if (w->n_tasks == 0)
-    return SK_OK;
-  char node_ttl[32];
-  snprintf(node_ttl, sizeof(node_ttl), "%d", env->lease_ttl_ms);
-  const char *p[17] = {
-      pgarr_get(&w->tk_saga),     pgarr_get(&w->tk_step),
-      pgarr_get(&w->tk_kind),     pgarr_get(&w->tk_attempt),
-      pgarr_get(&w->tk_workflow), pgarr_get(&w->tk_step_name),
-      pgarr_get(&w->tk_action),   pgarr_get(&w->tk_type),
-      pgarr_get(&w->tk_bulkhead), pgarr_get(&w->tk_avail),
-      pgarr_get(&w->tk_input),    pgarr_get(&w->tk_timeout),
-      pgarr_get(&w->tk_gpus),     pgarr_get(&w->tk_gpu_mem),
-      pgarr_get(&w->tk_claim),    env->node,
-      node_ttl};
-  PGresult *r = PQexecParams(
-      c,
-      "INSERT INTO tasks AS t (saga_id, step, kind, attempt, workflow, "
-      "step_name, action, task_type, bulkhead, available_at, input, "
-      "timeout_ms, gpus, gpu_memory_mb, lease_owner, lease_token, leased_at, "
-      "deliveries) "
-      "SELECT s, st, k, a, w, sn, ac, ty, bh, "
-      "  CASE WHEN cl THEN now() + make_interval(secs => $17::int / 1000.0) "
-      "       ELSE to_timestamp(av / 1000.0) END, "
-      "  i::jsonb, tm, g, gm, "
-      "  CASE WHEN cl THEN $16 END, "
-      "  CASE WHEN cl THEN nextval('lease_token_seq') END, "
-      "  CASE WHEN cl THEN now() END, "
-      "  CASE WHEN cl THEN 1 ELSE 0 END "
-      "FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::int[], "
-      "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], "
-      "$10::bigint[], $11::text[], $12::bigint[], $13::int[], $14::bigint[], "
-      "$15::bool[]) AS x(s, st, k, a, w, sn, ac, ty, bh, av, i, tm, g, gm, cl) "
-      "ON CONFLICT (saga_id, step, kind) DO UPDATE SET "
-      "  attempt = excluded.attempt, action = excluded.action, "
-      "  task_type = excluded.task_type, bulkhead = excluded.bulkhead, "
-      "  available_at = excluded.available_at, input = excluded.input, "
-      "  timeout_ms = excluded.timeout_ms, lease_owner = excluded.lease_owner, "
-      "  lease_token = excluded.lease_token, leased_at = excluded.leased_at, "
-      "  deliveries = excluded.deliveries, cancel_requested = false "
-      "RETURNING " SAGASTORE_TASK_COLUMNS ", "
-      "  t.lease_owner = $16 AND t.lease_token IS NOT NULL",
-      17, NULL, p, NULL, NULL, 0);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-    int rc = db_fail(c, r, "could not enqueue tasks", err);
-    PQclear(r);
-    return rc;
-  }
+typedef struct claims_ctx {
+  store_batch *b;
+  writes *w;
+} claims_ctx;
+
+static int read_claims(const PGresult *r, void *ctx, sk_error *err) {
+  (void)err;
+  claims_ctx *cc = ctx;
+  store_batch *b = cc->b;
   int rc = SK_OK;
   int n = PQntuples(r);
-  if (w->n_claims > 0) {
-    b->claimed = calloc(w->n_claims, sizeof(leased_task));
+  if (cc->w->n_claims > 0) {
+    b->claimed = calloc(cc->w->n_claims, sizeof(leased_task));
     if (b->claimed == NULL)
       rc = SK_ENOMEM;
   }
   for (int i = 0; i < n && rc == SK_OK; i++) {
     if (PQgetvalue(r, i, 14)[0] != 't')
       continue;
-    if (b->n_claimed >= w->n_claims)
+    if (b->n_claimed >= cc->w->n_claims)
       break;
     rc = sagastore_read_task_row(r, i, &b->claimed[b->n_claimed]);
     if (rc == SK_OK)
       b->n_claimed++;
   }
-  PQclear(r);
   return rc;
 }
 
-static int write_cancels(PGconn *c, writes *w, sk_error *err) {
+static void send_tasks(db_pipe *pp, claims_ctx *cc, const store_env *env) {
+  writes *w = cc->w;
+  if (w->n_tasks == 0)
+    return;
+  char node_ttl[32];
+  snprintf(node_ttl, sizeof(node_ttl), "%d", env->lease_ttl_ms);
+  const char *p[17] = {pgarr_get(&w->tk_saga),
+                       pgarr_get(&w->tk_step),
+                       pgarr_get(&w->tk_kind),
+                       pgarr_get(&w->tk_attempt),
+                       pgarr_get(&w->tk_workflow),
+                       pgarr_get(&w->tk_step_name),
+                       pgarr_get(&w->tk_action),
+                       pgarr_get(&w->tk_type),
+                       pgarr_get(&w->tk_bulkhead),
+                       pgarr_get(&w->tk_avail),
+                       pgarr_get(&w->tk_input),
+                       pgarr_get(&w->tk_timeout),
+                       pgarr_get(&w->tk_gpus),
+                       pgarr_get(&w->tk_gpu_mem),
+                       pgarr_get(&w->tk_claim),
+                       env->node,
+                       node_ttl};
+  db_pipe_send_stmt(pp, &sk_enqueue_tasks, p, "could not enqueue tasks",
+                    read_claims, cc);
+}
+
+static void send_cancels(db_pipe *pp, writes *w) {
   if (w->n_cancels == 0)
-    return SK_OK;
+    return;
   const char *p[2] = {pgarr_get(&w->cx_saga), pgarr_get(&w->cx_step)};
   /* An unleased task (waiting out a backoff) becomes due now so a node
    * picks it up, sees the flag and reports it cancelled at once. */
-  int rc = exec_params(
-      c,
-      "UPDATE tasks t SET cancel_requested = true, "
-      "available_at = CASE WHEN t.lease_token IS NULL THEN now() "
-      "ELSE t.available_at END "
-      "FROM unnest($1::uuid[], $2::int[]) AS x(s, st) "
-      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind IN (0, 2)",
-      2, p, "could not mark tasks cancelled", err);
+  db_pipe_send_stmt(pp, &sk_mark_cancels, p, "could not mark tasks cancelled",
+                    NULL, NULL);
   w->notify = true;
-  return rc;
 }
 
 /* Drops the waiting (unleased) forward tasks whose step went to its
  * fallback because a breaker is open; a leased one stays marked cancelled
  * and its late result is stale. */
-static int write_drops(PGconn *c, writes *w, sk_error *err) {
+static void send_drops(db_pipe *pp, writes *w) {
   if (w->n_drops == 0)
-    return SK_OK;
+    return;
   const char *p[2] = {pgarr_get(&w->dl_saga), pgarr_get(&w->dl_step)};
-  return exec_params(
-      c,
-      "DELETE FROM tasks t USING unnest($1::uuid[], $2::int[]) AS x(s, st) "
-      "WHERE t.saga_id = x.s AND t.step = x.st AND t.kind = 0 "
-      "AND (t.lease_owner IS NULL OR t.available_at <= now())",
-      2, p, "could not drop waiting tasks", err);
+  db_pipe_send_stmt(pp, &sk_drop_waiting, p, "could not drop waiting tasks",
+                    NULL, NULL);
 }
 
-static int write_all(PGconn *c, store_batch *b, attempt *a,
-                     const store_env *env, sk_error *err) {
-  int rc = write_events(c, &a->w, err);
-  if (rc == SK_OK)
-    rc = write_projections(c, a, err);
-  if (rc == SK_OK)
-    rc = write_tasks(c, b, &a->w, env, err);
-  if (rc == SK_OK)
-    rc = write_cancels(c, &a->w, err);
-  if (rc == SK_OK)
-    rc = write_drops(c, &a->w, err);
-  if (rc == SK_OK && a->w.notify)
-    rc = db_exec(c, "NOTIFY " SAGASTORE_NOTIFY_CHANNEL, err);
-  return rc;
+/* Queues every write of the attempt, the NOTIFY and the COMMIT. */
+static void send_writes(db_pipe *pp, attempt *a, claims_ctx *cc,
+                        const store_env *env) {
+  send_events(pp, &a->w);
+  int rc = send_projections(pp, a);
+  if (rc != SK_OK && pp->rc == SK_OK)
+    pp->rc = rc;
+  send_tasks(pp, cc, env);
+  send_cancels(pp, &a->w);
+  send_drops(pp, &a->w);
+  if (a->w.notify)
+    db_pipe_send(pp, "NOTIFY " SAGASTORE_NOTIFY_CHANNEL, 0, NULL,
+                 "could not notify", NULL, NULL);
+  db_pipe_send(pp, "COMMIT", 0, NULL, "could not commit", NULL, NULL);
 }
 
-/* ---- the transaction ------------------------------------------------------- */
+/* ---- the transaction -------------------------------------------------------
+ */
 
 static void reset_outputs(store_batch *b) {
   store_batch_clear_out(b);
@@ -909,34 +1083,180 @@ static void reset_outputs(store_batch *b) {
   }
 }
 
-static int commit_once(PGconn *c, store_batch *b, const store_env *env,
+/* The one-round-trip commit (every saga it touches is in the state
+ * cache): decide on the cached states assuming every lease still holds and
+ * every idempotency key is new, then send the checks of those assumptions
+ * and every write in one pipeline. A check that fails (SK001) stops the
+ * transaction before any write and *stale is set: the caller redoes the
+ * commit the careful way. */
+static void send_expect_sagas(db_pipe *p, const attempt *a) {
+  if (a->n_loaded == 0)
+    return;
+  pgarr ids, seqs;
+  pgarr_init(&ids);
+  pgarr_init(&seqs);
+  for (size_t i = 0; i < a->n_loaded; i++) {
+    pgarr_add_str(&ids, a->t[i].id);
+    pgarr_add_i64(&seqs, a->t[i].st.last_seq);
+  }
+  const char *params[2] = {pgarr_get(&ids), pgarr_get(&seqs)};
+  if (params[0] == NULL || params[1] == NULL)
+    p->rc = SK_ENOMEM;
+  db_pipe_send_stmt(p, &sk_expect_sagas, params, "could not lock sagas", NULL,
+                    NULL);
+  pgarr_free(&ids);
+  pgarr_free(&seqs);
+}
+
+static void send_expect_leases(db_pipe *p, store_batch *b) {
+  pgarr s, st, k, tok;
+  pgarr_init(&s);
+  pgarr_init(&st);
+  pgarr_init(&k);
+  pgarr_init(&tok);
+  size_t n = 0;
+  for (size_t i = 0; i < b->n_ops; i++) {
+    store_op *op = &b->ops[i];
+    if (op->type != STORE_OP_RESULT)
+      continue;
+    pgarr_add_str(&s, op->lease.saga_id);
+    pgarr_add_i64(&st, op->lease.step);
+    pgarr_add_i64(&k, op->lease.kind);
+    pgarr_add_i64(&tok, op->lease.token);
+    n++;
+  }
+  if (n > 0) {
+    const char *params[4] = {pgarr_get(&s), pgarr_get(&st), pgarr_get(&k),
+                             pgarr_get(&tok)};
+    if (!params[0] || !params[1] || !params[2] || !params[3])
+      p->rc = SK_ENOMEM;
+    db_pipe_send_stmt(p, &sk_expect_leases, params,
+                      "could not fence task results", NULL, NULL);
+  }
+  pgarr_free(&s);
+  pgarr_free(&st);
+  pgarr_free(&k);
+  pgarr_free(&tok);
+}
+
+static void send_expect_keys(db_pipe *p, const store_batch *b) {
+  pgarr wf, key, id;
+  pgarr_init(&wf);
+  pgarr_init(&key);
+  pgarr_init(&id);
+  if (key_arrays(b, &wf, &key, &id, false) > 0) {
+    const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
+    if (!params[0] || !params[1] || !params[2])
+      p->rc = SK_ENOMEM;
+    db_pipe_send_stmt(p, &sk_expect_keys, params,
+                      "could not record idempotency keys", NULL, NULL);
+  }
+  pgarr_free(&wf);
+  pgarr_free(&key);
+  pgarr_free(&id);
+}
+
+static bool all_cached(const attempt *a) {
+  for (size_t i = 0; i < a->n_loaded; i++)
+    if (!a->t[i].cached)
+      return false;
+  return true;
+}
+
+static int commit_fast(PGconn *c, store_batch *b, attempt *a,
+                       const store_env *env, bool *began, bool *stale,
                        sk_error *err) {
+  db_pipe pp;
+  int rc = db_pipe_open(&pp, c, err);
+  if (rc != SK_OK)
+    return rc;
+  *began = true;
+  db_pipe_send(&pp, "BEGIN", 0, NULL, "could not begin", NULL, NULL);
+  send_expect_sagas(&pp, a); /* before decide_all moves the seqs on */
+  send_expect_leases(&pp, b);
+  send_expect_keys(&pp, b);
+  for (size_t i = 0; i < a->n_loaded; i++)
+    a->t[i].found = true; /* as checked above */
+  for (size_t i = 0; i < b->n_ops; i++)
+    b->ops[i].rc = SK_OK; /* every lease holds, every key is new */
+  rc = pp.rc == SK_OK ? decide_all(c, b, a, env) : pp.rc;
+  claims_ctx claims = {.b = b, .w = &a->w};
+  if (rc != SK_OK && pp.rc == SK_OK)
+    pp.rc = rc; /* nothing more is sent; run reads what was */
+  send_writes(&pp, a, &claims, env);
+  rc = db_pipe_run(&pp);
+  *stale = rc == SK_EDB && err != NULL && strcmp(err->sqlstate, "SK001") == 0;
+  return rc;
+}
+
+/* The careful commit, two round trips: (BEGIN, lock and load, fence, claim
+ * keys), then the decisions here, then (every write, NOTIFY, COMMIT). Only
+ * a start whose key was used before costs a third (the lookup of the first
+ * saga), and a cached state that moved on one more (its read). */
+static int commit_careful(PGconn *c, store_batch *b, attempt *a,
+                          const store_env *env, bool *began, sk_error *err) {
+  fence_ctx fence = {.by_token =
+                         calloc(b->n_ops ? b->n_ops : 1, sizeof(token_ref))};
+  keys_ctx keys = {0};
+  int rc = fence.by_token != NULL ? SK_OK : SK_ENOMEM;
+  db_pipe pp;
+  if (rc == SK_OK)
+    rc = db_pipe_open(&pp, c, err);
+  if (rc == SK_OK) {
+    *began = true;
+    db_pipe_send(&pp, "BEGIN", 0, NULL, "could not begin", NULL, NULL);
+    send_lock(&pp, a);
+    send_fence(&pp, b, &fence);
+    send_keys(&pp, b, &keys);
+    rc = db_pipe_run(&pp);
+  }
+  bool any_existed = false;
+  for (size_t i = 0; i < keys.n; i++)
+    any_existed = any_existed || keys.ops[i]->existed;
+  if (rc == SK_OK && any_existed)
+    rc = lookup_keys(c, b, err);
+  if (rc == SK_OK)
+    rc = read_stale(c, a, err);
+  if (rc == SK_OK)
+    rc = decide_all(c, b, a, env);
+  claims_ctx claims = {.b = b, .w = &a->w};
+  if (rc == SK_OK)
+    rc = db_pipe_open(&pp, c, err);
+  if (rc == SK_OK) {
+    send_writes(&pp, a, &claims, env);
+    rc = db_pipe_run(&pp);
+  }
+  free(fence.by_token);
+  free(keys.ops);
+  return rc;
+}
+
+/* One attempt of the transaction; with use_cache, the one-round-trip
+ * commit when every saga's state is cached (*stale: redo without). */
+static int commit_once(PGconn *c, store_batch *b, const store_env *env,
+                       bool use_cache, bool *stale, sk_error *err) {
   attempt a;
   memset(&a, 0, sizeof(a));
   writes_init(&a.w);
   reset_outputs(b);
+  *stale = false;
   if (env->claims_reset != NULL)
     env->claims_reset(env->ud);
-  int rc = collect_touched(b, &a);
-  if (rc == SK_OK)
-    rc = db_exec(c, "BEGIN", err);
-  if (rc == SK_OK)
-    rc = lock_sagas(c, &a, err);
-  if (rc == SK_OK)
-    rc = fence_results(c, b, err);
-  if (rc == SK_OK)
-    rc = claim_keys(c, b, err);
-  if (rc == SK_OK)
-    rc = decide_all(c, b, &a, env);
-  if (rc == SK_OK)
-    rc = write_all(c, b, &a, env, err);
-  if (rc == SK_OK)
-    rc = db_exec(c, "COMMIT", err);
+  bool began = false;
+  int rc = collect_touched(b, &a, use_cache ? env->cache : NULL);
+  if (rc == SK_OK && use_cache && env->cache != NULL && all_cached(&a))
+    rc = commit_fast(c, b, &a, env, &began, stale, err);
+  else if (rc == SK_OK)
+    rc = commit_careful(c, b, &a, env, &began, err);
   if (rc != SK_OK) {
-    if (PQstatus(c) == CONNECTION_OK)
+    if (began && PQstatus(c) == CONNECTION_OK)
       db_exec(c, "ROLLBACK", NULL);
     store_batch_clear_out(b);
   } else {
+    /* Committed: the states are current; keep them for the next step. */
+    for (size_t i = 0; i < a.n_t; i++)
+      if (a.t[i].found || a.t[i].is_new)
+        state_cache_put(env->cache, &a.t[i].st);
     b->n_events = a.w.n_events;
     b->next_due_ms = a.w.next_due_ms;
     b->n_unclaimed_due = a.w.n_unclaimed_due + a.w.n_cancels;
@@ -953,11 +1273,18 @@ static int commit_once(PGconn *c, store_batch *b, const store_env *env,
 int sagastore_commit(PGconn *c, store_batch *b, const store_env *env,
                      sk_error *err) {
   int rc = SK_OK;
+  bool use_cache = true;
   for (b->attempts = 1; b->attempts <= COMMIT_MAX_TRIES; b->attempts++) {
     sk_error e = {0};
-    rc = commit_once(c, b, env, &e);
+    bool stale = false;
+    rc = commit_once(c, b, env, use_cache, &stale, &e);
     if (rc == SK_OK)
       return SK_OK;
+    if (stale) { /* not a failure: the careful way, at once */
+      use_cache = false;
+      b->attempts--;
+      continue;
+    }
     if (err != NULL)
       *err = e;
     /* Only transient SQL errors on a live connection are retried here;

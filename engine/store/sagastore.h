@@ -117,6 +117,8 @@ typedef struct store_env {
   /* May this node take task t now? true reserves a worker slot for it. */
   bool (*claim)(void *ud, const saga_task *t);
   void *ud;
+  /* Projections kept between commits (statecache.h), or NULL. */
+  struct state_cache *cache;
 } store_env;
 
 typedef struct store_batch {

@@ -115,35 +115,79 @@ int taskqueue_dequeue_needs(PGconn *c, const char *node, int lease_ttl_ms,
   }
   char ttl[32];
   snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
-  const char *params[9] = {pgarr_get(&lp.bulkhead), pgarr_get(&lp.types),
-                           pgarr_get(&lp.kinds),    pgarr_get(&lp.limits),
-                           node,                    ttl,
-                           pgarr_get(&lp.gmode),    pgarr_get(&lp.gidle),
+  const char *params[9] = {pgarr_get(&lp.bulkhead),
+                           pgarr_get(&lp.types),
+                           pgarr_get(&lp.kinds),
+                           pgarr_get(&lp.limits),
+                           node,
+                           ttl,
+                           pgarr_get(&lp.gmode),
+                           pgarr_get(&lp.gidle),
                            pgarr_get(&lp.gcaps)};
-  PGresult *r = PQexecParams(
-      c,
-      "WITH lanes AS (SELECT * FROM unnest($1::text[], $2::text[], "
-      "  $3::int[], $4::int[], $7::int[], $8::int[], $9::text[]) "
-      "  AS l(bh, types, kind, lim, gm, gidle, gcaps)), "
-      "picked AS (SELECT p.saga_id, p.step, p.kind FROM lanes, LATERAL ("
-      "  SELECT saga_id, step, kind FROM tasks "
-      "  WHERE ((lanes.kind IN (0, 1) AND bulkhead = lanes.bh "
-      "          AND action = 'task' AND task_type = ANY(lanes.types::text[]) "
-      "          AND " GPU_FIT("lanes.gm", "lanes.gidle",
-                               "lanes.gcaps::bigint[]") ") "
-      "      OR (lanes.kind = 1 AND bulkhead = lanes.bh AND action = 'http' "
-      "          AND " GPU_FIT("lanes.gm", "lanes.gidle",
-                               "lanes.gcaps::bigint[]") ") "
-      "      OR (lanes.kind = 2 AND action = 'sleep')) "
-      "    AND available_at <= now() "
-      "  ORDER BY available_at LIMIT lanes.lim FOR UPDATE SKIP LOCKED) p) "
-      "UPDATE tasks t SET lease_owner = $5, "
-      "  lease_token = nextval('lease_token_seq'), leased_at = now(), "
-      "  available_at = now() + make_interval(secs => $6::int / 1000.0), "
-      "  deliveries = t.deliveries + 1 "
-      "FROM picked WHERE t.saga_id = picked.saga_id AND t.step = picked.step "
-      "  AND t.kind = picked.kind " TASK_RETURNING,
-      9, NULL, params, NULL, NULL, 0);
+  PGresult
+      *r = PQexecParams(c,
+                        "WITH lanes AS (SELECT * FROM unnest($1::text[], "
+                        "$2::text[], "
+                        "  $3::int[], $4::int[], $7::int[], $8::int[], "
+                        "$9::text[]) "
+                        "  AS l(bh, types, kind, lim, gm, gidle, gcaps)), "
+                        "picked AS (SELECT p.saga_id, p.step, p.kind FROM "
+                        "lanes, LATERAL ("
+                        "  SELECT saga_id, step, kind FROM tasks "
+                        "  WHERE ((lanes.kind IN (0, 1) AND bulkhead = "
+                        "lanes.bh "
+                        "          AND action = 'task' AND task_type = "
+                        "ANY(lanes.types::text[]) "
+                        "          AND " GPU_FIT(
+                            "lanes.gm", "lanes.gidle",
+                            "lanes.gcaps::bigint[]") ") "
+                                                     "      OR (lanes.kind = 1 "
+                                                     "AND bulkhead = lanes.bh "
+                                                     "AND action = 'http' "
+                                                     "          AND " GPU_FIT(
+                                                         "lanes.gm",
+                                                         "lanes.gidle",
+                                                         "lanes.gcaps::bigint["
+                                                         "]") ") "
+                                                              "      OR "
+                                                              "(lanes.kind = 2 "
+                                                              "AND action = "
+                                                              "'sleep')) "
+                                                              "    AND "
+                                                              "available_at <= "
+                                                              "now() "
+                                                              "  ORDER BY "
+                                                              "available_at "
+                                                              "LIMIT lanes.lim "
+                                                              "FOR UPDATE SKIP "
+                                                              "LOCKED) p) "
+                                                              "UPDATE tasks t "
+                                                              "SET lease_owner "
+                                                              "= $5, "
+                                                              "  lease_token = "
+                                                              "nextval('lease_"
+                                                              "token_seq'), "
+                                                              "leased_at = "
+                                                              "now(), "
+                                                              "  available_at "
+                                                              "= now() + "
+                                                              "make_interval("
+                                                              "secs => $6::int "
+                                                              "/ 1000.0), "
+                                                              "  deliveries = "
+                                                              "t.deliveries + "
+                                                              "1 "
+                                                              "FROM picked "
+                                                              "WHERE t.saga_id "
+                                                              "= "
+                                                              "picked.saga_id "
+                                                              "AND t.step = "
+                                                              "picked.step "
+                                                              "  AND t.kind = "
+                                                              "picked."
+                                                              "kind"
+                                                              " " TASK_RETURNING,
+                        9, NULL, params, NULL, NULL, 0);
   free_lanes(&lp);
   return read_leased(c, r, out, needs, n_out, err);
 }
@@ -186,10 +230,10 @@ static int read_leased(PGconn *c, PGresult *r, leased_task **out,
 /* One lease statement for remote workers: tasks of the given types in any
  * bulkhead whose GPU needs match `mode` and `fit`. */
 static int dequeue_any_mode(PGconn *c, const char *node, int lease_ttl_ms,
-                            const char *const *types, size_t n_types,
-                            int limit, dequeue_gpu_mode mode,
-                            const dequeue_gpu_fit *fit, leased_task **out,
-                            task_needs **needs, size_t *n_out, sk_error *err) {
+                            const char *const *types, size_t n_types, int limit,
+                            dequeue_gpu_mode mode, const dequeue_gpu_fit *fit,
+                            leased_task **out, task_needs **needs,
+                            size_t *n_out, sk_error *err) {
   pgarr t, caps;
   pgarr_init(&t);
   pgarr_init(&caps);
@@ -204,8 +248,7 @@ static int dequeue_any_mode(PGconn *c, const char *node, int lease_ttl_ms,
   snprintf(lim, sizeof(lim), "%d", limit);
   snprintf(gm, sizeof(gm), "%d", (int)mode);
   snprintf(idle, sizeof(idle), "%u", fit != NULL ? fit->idle : 0);
-  const char *params[7] = {pgarr_get(&t), lim, node, ttl, gm, idle,
-                           caps_lit};
+  const char *params[7] = {pgarr_get(&t), lim, node, ttl, gm, idle, caps_lit};
   if (params[0] == NULL || params[6] == NULL) {
     pgarr_free(&t);
     pgarr_free(&caps);
@@ -215,15 +258,21 @@ static int dequeue_any_mode(PGconn *c, const char *node, int lease_ttl_ms,
       c,
       "WITH picked AS (SELECT saga_id, step, kind FROM tasks "
       "  WHERE action = 'task' AND task_type = ANY($1::text[]) "
-      "  AND " GPU_FIT("$5::int", "$6::int", "$7::bigint[]") " "
-      "  AND available_at <= now() ORDER BY available_at LIMIT $2::int "
-      "  FOR UPDATE SKIP LOCKED) "
-      "UPDATE tasks t SET lease_owner = $3, "
-      "  lease_token = nextval('lease_token_seq'), leased_at = now(), "
-      "  available_at = now() + make_interval(secs => $4::int / 1000.0), "
-      "  deliveries = t.deliveries + 1 "
-      "FROM picked WHERE t.saga_id = picked.saga_id AND t.step = picked.step "
-      "  AND t.kind = picked.kind " TASK_RETURNING,
+      "  AND " GPU_FIT(
+          "$5::int", "$6::int",
+          "$7::bigint[]") " "
+                          "  AND available_at <= now() ORDER BY available_at "
+                          "LIMIT $2::int "
+                          "  FOR UPDATE SKIP LOCKED) "
+                          "UPDATE tasks t SET lease_owner = $3, "
+                          "  lease_token = nextval('lease_token_seq'), "
+                          "leased_at = now(), "
+                          "  available_at = now() + make_interval(secs => "
+                          "$4::int / 1000.0), "
+                          "  deliveries = t.deliveries + 1 "
+                          "FROM picked WHERE t.saga_id = picked.saga_id AND "
+                          "t.step = picked.step "
+                          "  AND t.kind = picked.kind " TASK_RETURNING,
       7, NULL, params, NULL, NULL, 0);
   pgarr_free(&t);
   pgarr_free(&caps);
@@ -233,8 +282,8 @@ static int dequeue_any_mode(PGconn *c, const char *node, int lease_ttl_ms,
 int taskqueue_dequeue_any(PGconn *c, const char *node, int lease_ttl_ms,
                           const char *const *types, size_t n_types, int limit,
                           leased_task **out, size_t *n_out, sk_error *err) {
-  return taskqueue_dequeue_any_gpu(c, node, lease_ttl_ms, types, n_types,
-                                   limit, NULL, out, NULL, n_out, err);
+  return taskqueue_dequeue_any_gpu(c, node, lease_ttl_ms, types, n_types, limit,
+                                   NULL, out, NULL, n_out, err);
 }
 
 /* Appends b (nb entries) to a (na entries); frees b's arrays. */
@@ -289,9 +338,8 @@ int taskqueue_dequeue_any_gpu(PGconn *c, const char *node, int lease_ttl_ms,
   task_needs *more_n = NULL;
   size_t n_more = 0;
   int rc = dequeue_any_mode(c, node, lease_ttl_ms, types, n_types,
-                            limit - (int)*n_out, DEQUEUE_GPU_NONE, NULL,
-                            &more, needs != NULL ? &more_n : NULL, &n_more,
-                            err);
+                            limit - (int)*n_out, DEQUEUE_GPU_NONE, NULL, &more,
+                            needs != NULL ? &more_n : NULL, &n_more, err);
   if (rc != SK_OK) /* keep the GPU task already leased, if any */
     return *n_out > 0 ? SK_OK : rc;
   rc = append_leased(out, needs, n_out, more, more_n, n_more);
@@ -334,8 +382,8 @@ int taskqueue_renew(PGconn *c, const store_lease *leases, size_t n,
   }
   char ttl[32];
   snprintf(ttl, sizeof(ttl), "%d", lease_ttl_ms);
-  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
-                           pgarr_get(&a[2]), pgarr_get(&a[3]), ttl};
+  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]), pgarr_get(&a[2]),
+                           pgarr_get(&a[3]), ttl};
   PGresult *r = PQexecParams(
       c,
       "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], "
@@ -377,9 +425,8 @@ int taskqueue_release(PGconn *c, const store_lease *leases,
     pgarr_free(&delays);
     return sk_error_set(err, SK_ENOMEM, NULL);
   }
-  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
-                           pgarr_get(&a[2]), pgarr_get(&a[3]),
-                           pgarr_get(&delays)};
+  const char *params[5] = {pgarr_get(&a[0]), pgarr_get(&a[1]), pgarr_get(&a[2]),
+                           pgarr_get(&a[3]), pgarr_get(&delays)};
   /* The token stays: a late result from this lease is still fenced once
    * another node leases the task with a new token; until then nobody holds
    * it, and it is due at once. */
@@ -398,6 +445,41 @@ int taskqueue_release(PGconn *c, const store_lease *leases,
     PQclear(r);
     return rc;
   }
+  PQclear(r);
+  return SK_OK;
+}
+
+int taskqueue_reclaim_own(PGconn *c, const char *node, bool *in_use, int *n,
+                          sk_error *err) {
+  *in_use = false;
+  *n = 0;
+  const char *params[1] = {node};
+  PGresult *r = PQexecParams(
+      c,
+      "SELECT pg_try_advisory_lock(hashtextextended('skald node ' || $1, 0))",
+      1, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int rc = db_fail(c, r, "could not take the node name", err);
+    PQclear(r);
+    return rc;
+  }
+  *in_use = PQgetvalue(r, 0, 0)[0] != 't';
+  PQclear(r);
+  if (*in_use)
+    return SK_OK;
+  r = PQexecParams(c,
+                   /* due at once, in its old place in the queue */
+                   "UPDATE tasks SET lease_owner = NULL, "
+                   "available_at = least(coalesce(leased_at, now()), now()) "
+                   "WHERE lease_owner = $1",
+                   1, NULL, params, NULL, NULL, 0);
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+    int rc =
+        db_fail(c, r, "could not hand back the leases of a dead process", err);
+    PQclear(r);
+    return rc;
+  }
+  *n = atoi(PQcmdTuples(r));
   PQclear(r);
   return SK_OK;
 }

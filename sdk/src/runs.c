@@ -51,9 +51,9 @@ static int normalise_input(const char *input, char **out, sk_error *err) {
   return *out != NULL ? SK_OK : sk_error_set(err, SK_ENOMEM, NULL);
 }
 
-int sk_run_start(sk_engine *e, const char *workflow, const char *input_json,
-                 const sk_run_options *o, char saga_id[SK_ID_LEN],
-                 bool *existed, sk_error *err) {
+int engine_run_start(sk_engine *e, const char *workflow, const char *input_json,
+                     const sk_run_options *o, char saga_id[SK_ID_LEN],
+                     bool *existed, sk_status *status, sk_error *err) {
   if (e == NULL || saga_id == NULL)
     return sk_error_set(err, SK_EINVAL, "engine and saga_id must not be NULL");
   if (!def_name_valid(workflow))
@@ -64,8 +64,7 @@ int sk_run_start(sk_engine *e, const char *workflow, const char *input_json,
   if (version < 0)
     return sk_error_set(err, SK_EINVAL, "version must be 0 (latest) or more");
   if (key != NULL && (key[0] == '\0' || strlen(key) > SK_IDEMPOTENCY_KEY_MAX))
-    return sk_error_set(err, SK_EINVAL,
-                        "idempotency key must be 1 to %d bytes",
+    return sk_error_set(err, SK_EINVAL, "idempotency key must be 1 to %d bytes",
                         SK_IDEMPOTENCY_KEY_MAX);
   store_op op;
   memset(&op, 0, sizeof(op));
@@ -89,11 +88,20 @@ int sk_run_start(sk_engine *e, const char *workflow, const char *input_json,
     memcpy(saga_id, op.saga_id, SK_ID_LEN);
     if (existed != NULL)
       *existed = op.existed;
+    if (status != NULL) /* saga_status has sk_status's order */
+      *status = (sk_status)op.status;
   }
   op.wf = NULL;
   store_op_clear(&op);
   def_workflow_unref(wf);
   return rc;
+}
+
+int sk_run_start(sk_engine *e, const char *workflow, const char *input_json,
+                 const sk_run_options *o, char saga_id[SK_ID_LEN],
+                 bool *existed, sk_error *err) {
+  return engine_run_start(e, workflow, input_json, o, saga_id, existed, NULL,
+                          err);
 }
 
 static int check_id(const char *id, sk_error *err) {
@@ -127,8 +135,7 @@ int sk_saga_cancel(sk_engine *e, const char *saga_id, sk_error *err) {
     if (op.rc == SK_ENOENT)
       rc = sk_error_set(err, SK_ENOENT, "saga %s does not exist", saga_id);
     else if (op.rc == SK_ESTATE)
-      rc = sk_error_set(err, SK_ESTATE, "saga %s is already finished",
-                        saga_id);
+      rc = sk_error_set(err, SK_ESTATE, "saga %s is already finished", saga_id);
     else if (op.rc != SK_OK)
       rc = sk_error_set(err, op.rc, "could not cancel saga %s", saga_id);
   }
@@ -263,8 +270,8 @@ int sk_saga_events_json(sk_engine *e, const char *saga_id, int64_t after_seq,
   if (e == NULL || json_out == NULL || !uuid_valid(saga_id) || after_seq < 0)
     return SK_EINVAL;
   engine_q_lock(e);
-  int rc = queries_events_json(e->query_conn, saga_id, after_seq, json_out,
-                               NULL);
+  int rc =
+      queries_events_json(e->query_conn, saga_id, after_seq, json_out, NULL);
   engine_q_unlock(e);
   return rc;
 }

@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <skald/skald.h>
@@ -106,7 +107,23 @@ Test(cluster, duties_forget_dead_nodes_and_purge_old_sagas, .init = setup,
   cr_assert_eq(sk_saga_wait(e, done, 10000, &st), SK_OK);
   cr_assert_eq(sk_saga_wait(e, stuck, 10000, &st), SK_OK);
   cr_assert_eq(st, SK_STATUS_PAUSED);
+  /* Age both as retention sees them: finished two days ago, and created
+   * before that (ids are UUIDv7: their first 48 bits are the creation
+   * time in ms, which bounds retention's scan). */
   pgtest_exec(db, "UPDATE sagas SET updated_at = now() - interval '2 days'");
+  char aged[SK_ID_LEN];
+  unsigned long long ms =
+      (unsigned long long)time(NULL) * 1000ULL - 3ULL * 86400000ULL;
+  snprintf(aged, sizeof(aged), "%08llx-%04llx%s", ms >> 16, ms & 0xffff,
+           done + 13);
+  char move[600];
+  snprintf(move, sizeof(move),
+           "UPDATE saga_events SET saga_id = '%s' WHERE saga_id = '%s'; "
+           "UPDATE saga_idempotency SET saga_id = '%s' WHERE saga_id = '%s'; "
+           "UPDATE sagas SET id = '%s' WHERE id = '%s'",
+           aged, done, aged, done, aged, done);
+  pgtest_exec(db, move);
+  memcpy(done, aged, sizeof(done));
   pgtest_exec(db, "INSERT INTO nodes (name, heartbeat_at) VALUES ('ghost', "
                   "now() - interval '1 hour')");
   /* The first duty run comes with the first renewal; later ones every 10 s. */
@@ -134,7 +151,9 @@ Test(cluster, another_node_takes_the_duties_over, .init = setup,
   cr_assert_eq(sk_engine_start(b), SK_OK);
   cr_assert_eq(pgtest_scalar(db, "SELECT count(*) FROM pg_locks WHERE "
                                  "locktype = 'advisory' AND granted AND "
-                                 "classid = 1710432 AND objid = 1414309240"),
+                                 "classid = 1710432 AND objid = 1414309240 "
+                                 "AND database = (SELECT oid FROM pg_database "
+                                 "WHERE datname = current_database())"),
                1, "exactly one node holds the duties");
   sk_engine_close(a);
   pgtest_exec(db, "INSERT INTO nodes (name, heartbeat_at) VALUES ('ghost2', "

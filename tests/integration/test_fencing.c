@@ -16,16 +16,18 @@
 #include "pgtest.h"
 #include "spec/spec_json.h"
 #include "store/migrate.h"
+#include "store/queries.h"
 #include "store/sagastore.h"
+#include "store/statecache.h"
 #include "store/taskqueue.h"
 
 static char db[512];
 static PGconn *ca, *cb;
 static def_workflow *wf;
 
-static const char *SPEC =
-    "{\"name\":\"fence_wf\",\"version\":1,\"steps\":["
-    "{\"name\":\"a\",\"task\":\"f.step\"},{\"name\":\"b\",\"task\":\"f.step\"}]}";
+static const char *SPEC = "{\"name\":\"fence_wf\",\"version\":1,\"steps\":["
+                          "{\"name\":\"a\",\"task\":\"f.step\"},{\"name\":"
+                          "\"b\",\"task\":\"f.step\"}]}";
 
 static const def_workflow *get_def(void *ud, PGconn *c, const char *name,
                                    int version) {
@@ -53,13 +55,14 @@ static void teardown(void) {
   pgtest_drop_db(db);
 }
 
-static int commit_one(PGconn *c, store_op *op) {
+static int commit_cached(PGconn *c, store_op *op, state_cache *cache) {
   saga_rng rng = {42};
   store_env env = {.node = "test",
                    .now_ms = clock_now_ms(),
                    .rng = &rng,
                    .lease_ttl_ms = 1000,
-                   .get_def = get_def};
+                   .get_def = get_def,
+                   .cache = cache};
   store_batch b = {.ops = op, .n_ops = 1};
   sk_error err = {0};
   int rc = sagastore_commit(c, &b, &env, &err);
@@ -68,15 +71,19 @@ static int commit_one(PGconn *c, store_op *op) {
   return op->rc;
 }
 
+static int commit_one(PGconn *c, store_op *op) {
+  return commit_cached(c, op, NULL);
+}
+
 static leased_task lease_one(PGconn *c, const char *node, int ttl) {
   const char *types[] = {"f.step"};
-  dequeue_lane lane = {.bulkhead = "default", .types = types, .n_types = 1,
-                       .limit = 10};
+  dequeue_lane lane = {
+      .bulkhead = "default", .types = types, .n_types = 1, .limit = 10};
   leased_task *got = NULL;
   size_t n = 0;
   sk_error err = {0};
-  cr_assert_eq(taskqueue_dequeue(c, node, ttl, &lane, 1, &got, &n, &err),
-               SK_OK, "%s", err.message);
+  cr_assert_eq(taskqueue_dequeue(c, node, ttl, &lane, 1, &got, &n, &err), SK_OK,
+               "%s", err.message);
   leased_task t;
   memset(&t, 0, sizeof(t));
   if (n == 1)
@@ -161,4 +168,109 @@ Test(fencing, released_lease_is_due_at_once_and_still_fenced, .init = setup,
   store_op_clear(&late);
   leased_task_clear(&ta);
   leased_task_clear(&tb);
+}
+
+/* The state cache is never trusted on its own: node A keeps saga S's
+ * projection after starting it, node B moves S on (completes step a), and
+ * A's next commit on S must see the row's newer seq, read it again and
+ * decide on the current state (a stale state would try to append an event
+ * number that exists, or drop A's result as "step not running"). */
+Test(fencing, a_cached_projection_that_moved_on_is_read_again, .init = setup,
+     .fini = teardown, .timeout = 60) {
+  state_cache *cache = state_cache_new(16);
+  cr_assert_not_null(cache);
+  store_op start = {.type = STORE_OP_START, .wf = wf};
+  start.input = strdup("{}");
+  uuid_v7(start.saga_id);
+  cr_assert_eq(commit_cached(ca, &start, cache), SK_OK);
+  char id[37];
+  memcpy(id, start.saga_id, sizeof(id));
+  start.wf = NULL;
+  store_op_clear(&start);
+  cr_assert_eq(state_cache_size(cache), 1, "the new saga was not cached");
+
+  leased_task t1 = lease_one(cb, "node-b", 60000);
+  cr_assert_str_eq(t1.lease.saga_id, id);
+  store_op r1 = {.type = STORE_OP_RESULT, .lease = t1.lease, .ok = true};
+  r1.output = strdup("{\"by\":\"b\"}");
+  cr_assert_eq(commit_one(cb, &r1), SK_OK);
+  store_op_clear(&r1);
+
+  leased_task t2 = lease_one(ca, "node-a", 60000);
+  cr_assert_str_eq(t2.lease.saga_id, id);
+  cr_assert_eq(t2.lease.step, 1);
+  store_op r2 = {.type = STORE_OP_RESULT, .lease = t2.lease, .ok = true};
+  r2.output = strdup("{\"by\":\"a\"}");
+  cr_assert_eq(commit_cached(ca, &r2, cache), SK_OK,
+               "A decided on its stale cached state");
+  store_op_clear(&r2);
+  cr_assert_eq(count("SELECT count(*) FROM sagas WHERE status = 'completed'"),
+               1);
+  cr_assert_eq(state_cache_size(cache), 0, "a settled saga stays cached");
+
+  verify_report rep;
+  memset(&rep, 0, sizeof(rep));
+  sk_error err = {0};
+  cr_assert_eq(queries_verify(ca, id, &rep, &err), SK_OK, "%s", err.message);
+  cr_assert_eq(rep.mismatched, 0, "the projection is not the fold");
+  leased_task_clear(&t1);
+  leased_task_clear(&t2);
+  state_cache_free(cache);
+}
+
+/* A process restarted under the same node name takes its predecessor's
+ * leases back at once (not after the TTL); the predecessor's late result
+ * is still fenced; and while the name is held by a live session, nothing
+ * is taken. */
+Test(fencing, a_restarted_node_takes_back_its_own_leases, .init = setup,
+     .fini = teardown, .timeout = 60) {
+  store_op start = {.type = STORE_OP_START, .wf = wf};
+  start.input = strdup("{}");
+  uuid_v7(start.saga_id);
+  cr_assert_eq(commit_one(ca, &start), SK_OK);
+  start.wf = NULL;
+  store_op_clear(&start);
+
+  /* The first incarnation holds the name and a 10-minute lease. */
+  PGconn *first = PQconnectdb(db);
+  cr_assert_eq(PQstatus(first), CONNECTION_OK);
+  bool in_use = true;
+  int n = -1;
+  sk_error err = {0};
+  cr_assert_eq(taskqueue_reclaim_own(first, "node-x", &in_use, &n, &err), SK_OK,
+               "%s", err.message);
+  cr_assert(!in_use);
+  cr_assert_eq(n, 0);
+  leased_task old = lease_one(first, "node-x", 600000);
+  cr_assert_neq(old.lease.token, 0);
+
+  /* A second process under the same name while the first lives: hands off. */
+  cr_assert_eq(taskqueue_reclaim_own(cb, "node-x", &in_use, &n, &err), SK_OK);
+  cr_assert(in_use, "a live holder of the name was not noticed");
+  cr_assert_eq(n, 0);
+  cr_assert_eq(count("SELECT count(*) FROM tasks WHERE lease_owner = "
+                     "'node-x'"),
+               1);
+
+  /* The first dies (its session ends); the restart takes the lease back. */
+  PQfinish(first);
+  for (int i = 0; i < 100 && in_use; i++) {
+    cr_assert_eq(taskqueue_reclaim_own(cb, "node-x", &in_use, &n, &err), SK_OK);
+    if (in_use) {
+      struct timespec ts = {0, 20 * 1000000L};
+      nanosleep(&ts, NULL);
+    }
+  }
+  cr_assert(!in_use, "the dead session's name was never free");
+  cr_assert_eq(n, 1);
+  leased_task again = lease_one(cb, "node-x", 60000);
+  cr_assert_str_eq(again.lease.saga_id, old.lease.saga_id,
+                   "the task was not due at once");
+  cr_assert_neq(again.lease.token, old.lease.token);
+  store_op late = {.type = STORE_OP_RESULT, .lease = old.lease, .ok = true};
+  cr_assert_eq(commit_one(ca, &late), SK_ELEASE,
+               "the dead process's late result was kept");
+  store_op_clear(&late);
+  leased_task_clear(&old);
+  leased_task_clear(&again);
 }

@@ -73,7 +73,9 @@ Test(migrate, from_empty_then_again_is_a_noop) {
                (long long)migrations_embedded_count);
   /* The advisory lock is released after each run. */
   cr_assert_eq(pgtest_scalar(ci, "SELECT count(*) FROM pg_locks WHERE "
-                                 "locktype = 'advisory'"),
+                                 "locktype = 'advisory' AND database = "
+                                 "(SELECT oid FROM pg_database WHERE "
+                                 "datname = current_database())"),
                0);
   PQfinish(c);
 }
@@ -155,7 +157,9 @@ Test(migrate, newer_schema_is_refused) {
   cr_assert_eq(v, 9999);
   /* Refusal releases the lock and leaves the connection usable. */
   cr_assert_eq(pgtest_scalar(ci, "SELECT count(*) FROM pg_locks WHERE "
-                                 "locktype = 'advisory'"),
+                                 "locktype = 'advisory' AND database = "
+                                 "(SELECT oid FROM pg_database WHERE "
+                                 "datname = current_database())"),
                0);
   cr_assert_eq(PQtransactionStatus(c), PQTRANS_IDLE);
   PQfinish(c);

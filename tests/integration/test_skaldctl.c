@@ -608,7 +608,7 @@ Test(skaldctl, nodes_health_verify) {
   EXPECT_CODE(r, 0);
   HAS(r->out, "\"mismatched\":0");
   /* A projection that no longer matches its events is reported. */
-  pgtest_exec(ci, "UPDATE sagas SET state = jsonb_set(state, '{status}', "
+  pgtest_exec(ci, "UPDATE sagas SET state = jsonb_set(state::jsonb, '{status}', "
                   "'\"failed\"')");
   r = ctl("verify", "--database-url", ci, NULL);
   EXPECT_CODE(r, 1);
