@@ -57,6 +57,7 @@
 #include <libpq-fe.h>
 #include <skald/skald.h>
 
+#include "bench_util.h"
 #include "core/engine.h" /* conninfo, the commit condition, counters */
 
 #define WORKFLOW "bench_noop"
@@ -76,7 +77,7 @@ typedef struct options {
   long long warmup;
   int timeout_s;
   int settle_ms;
-  int poll_ms;            /* 0 = the engine's default */
+  int poll_ms; /* 0 = the engine's default */
   wait_mode wait;
   bool json;
   const char *database_url;
@@ -89,18 +90,18 @@ typedef struct entry {
   char id[SK_ID_LEN];
   long long ordinal;
   int64_t t0_ns;
-  int64_t settled_ns;     /* seen settled before it was registered */
+  int64_t settled_ns; /* seen settled before it was registered */
   sk_status status;
   bool registered, candidate, settled, done;
-  struct entry *next;     /* hash chain */
+  struct entry *next; /* hash chain */
 } entry;
 
 typedef struct phase {
-  long long n;            /* sagas in this phase */
-  long long next;         /* next ordinal to start */
-  long long n_done;       /* settled or failed to start */
-  long long n_bad;        /* not completed */
-  int64_t *lat_ns;        /* per ordinal */
+  long long n;      /* sagas in this phase */
+  long long next;   /* next ordinal to start */
+  long long n_done; /* settled or failed to start */
+  long long n_bad;  /* not completed */
+  int64_t *lat_ns;  /* per ordinal */
   int64_t t_start_ns, t_end_ns;
   char key_prefix[64];
 } phase;
@@ -109,7 +110,7 @@ typedef struct bench {
   options o;
   sk_engine *e;
   char last_step[16];
-  bool track;             /* handler marks candidates (monitor mode) */
+  bool track; /* handler marks candidates (monitor mode) */
 
   pthread_mutex_t mu;
   pthread_cond_t slot_cv; /* a slot came free / abort */
@@ -119,27 +120,22 @@ typedef struct bench {
   bool monitor_stop;
   phase *ph;
   entry **buckets;
-  size_t n_buckets;       /* power of two */
-  entry **cands;          /* candidates not yet seen settled */
+  size_t n_buckets; /* power of two */
+  entry **cands;    /* candidates not yet seen settled */
   size_t n_cands, cap_cands;
   bool reported_start_error;
 
   PGconn *mon_conn;
-  long long mon_queries;  /* transactions the monitor ran */
+  long long mon_queries; /* transactions the monitor ran */
 } bench;
 
-/* ---- small helpers -------------------------------------------------------- */
+/* ---- small helpers --------------------------------------------------------
+ */
 
 static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    ;
 }
 
 static void deadline_in(struct timespec *ts, int ms) {
@@ -149,16 +145,6 @@ static void deadline_in(struct timespec *ts, int ms) {
   ts->tv_nsec %= 1000000000L;
 }
 
-static void die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("bench: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-  exit(1);
-}
-
 static void *xcalloc(size_t n, size_t size) {
   void *p = calloc(n ? n : 1, size);
   if (p == NULL)
@@ -166,11 +152,12 @@ static void *xcalloc(size_t n, size_t size) {
   return p;
 }
 
-/* ---- arguments ------------------------------------------------------------ */
+/* ---- arguments ------------------------------------------------------------
+ */
 
 static void usage(FILE *f) {
   fputs(
-      "usage: bench [options]\n"
+      "usage: skald_bench [options]\n"
       "  --sagas N          sagas measured (default 2000)\n"
       "  --steps K          no-op steps per saga, 1..256 (default 5)\n"
       "  --concurrency C    sagas in flight at once (default 64)\n"
@@ -191,29 +178,6 @@ static void usage(FILE *f) {
       "  --json             print one JSON line of results\n"
       "  --help\n",
       f);
-}
-
-static void bad_arg(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("bench: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputs("\n(see bench --help)\n", stderr);
-  va_end(ap);
-  exit(2);
-}
-
-static long long parse_int(const char *flag, const char *v, long long lo,
-                           long long hi) {
-  if (v == NULL)
-    bad_arg("%s needs a value", flag);
-  errno = 0;
-  char *end = NULL;
-  long long x = strtoll(v, &end, 10);
-  if (errno != 0 || end == v || *end != '\0' || x < lo || x > hi)
-    bad_arg("%s must be an integer from %lld to %lld, not \"%s\"", flag, lo,
-            hi, v);
-  return x;
 }
 
 static void parse_args(int argc, char **argv, options *o) {
@@ -294,7 +258,8 @@ static void parse_args(int argc, char **argv, options *o) {
     o->data_dir = "./.skald-bench";
 }
 
-/* ---- the in-flight table (under b->mu) ------------------------------------ */
+/* ---- the in-flight table (under b->mu) ------------------------------------
+ */
 
 static size_t hash_id(const char *s) {
   uint64_t h = 1469598103934665603ULL;
@@ -344,7 +309,8 @@ static void complete(bench *b, entry *x, int64_t t_end, sk_status st) {
     free(x);
 }
 
-/* ---- the task handler (worker threads) ------------------------------------ */
+/* ---- the task handler (worker threads) ------------------------------------
+ */
 
 static int noop_task(const sk_task *t, sk_task_result *r, void *ud) {
   bench *b = ud;
@@ -368,7 +334,8 @@ static int noop_task(const sk_task *t, sk_task_result *r, void *ud) {
   return sk_result_ok(r, "{}");
 }
 
-/* ---- the monitor ------------------------------------------------------------ */
+/* ---- the monitor ------------------------------------------------------------
+ */
 
 typedef struct idbuf {
   char *s;
@@ -501,7 +468,8 @@ static void *monitor_main(void *arg) {
   return NULL;
 }
 
-/* ---- starters ---------------------------------------------------------------- */
+/* ---- starters
+ * ---------------------------------------------------------------- */
 
 /* Takes the next ordinal (and, in monitor mode, a slot); -1 when done. */
 static long long take_next(bench *b, bool slot) {
@@ -536,8 +504,7 @@ static int start_one(bench *b, long long i, char id[SK_ID_LEN], int64_t *t0) {
     pthread_mutex_lock(&b->mu);
     if (!b->reported_start_error)
       fprintf(stderr, "bench: could not start a saga: %s (%s)\n",
-              err.message[0] ? err.message : sk_strerror(rc),
-              sk_err_name(rc));
+              err.message[0] ? err.message : sk_strerror(rc), sk_err_name(rc));
     b->reported_start_error = true;
     b->ph->n_bad++;
     b->ph->n_done++;
@@ -596,7 +563,8 @@ static void *starter_sdk_main(void *arg) {
   return NULL;
 }
 
-/* ---- one phase (warmup or measured) ------------------------------------------ */
+/* ---- one phase (warmup or measured)
+ * ------------------------------------------ */
 
 static void free_table(bench *b) {
   for (size_t i = 0; i < b->n_buckets; i++) {
@@ -681,7 +649,8 @@ static bool run_phase(bench *b, phase *ph, const char *tag) {
   return ok;
 }
 
-/* ---- database statistics --------------------------------------------------- */
+/* ---- database statistics ---------------------------------------------------
+ */
 
 typedef struct dbstats {
   long long xact_commit, xact_rollback, next_xid;
@@ -702,12 +671,12 @@ static void read_stats(bench *b, PGconn *c, dbstats *s) {
     sleep_ms(b->o.settle_ms);
   PQclear(must_exec(c, "BEGIN", PGRES_COMMAND_OK));
   PQclear(must_exec(c, "SELECT pg_stat_clear_snapshot()", PGRES_TUPLES_OK));
-  PGresult *r = must_exec(
-      c,
-      "SELECT xact_commit, xact_rollback, "
-      "pg_snapshot_xmax(pg_current_snapshot())::text::bigint "
-      "FROM pg_stat_database WHERE datname = current_database()",
-      PGRES_TUPLES_OK);
+  PGresult *r =
+      must_exec(c,
+                "SELECT xact_commit, xact_rollback, "
+                "pg_snapshot_xmax(pg_current_snapshot())::text::bigint "
+                "FROM pg_stat_database WHERE datname = current_database()",
+                PGRES_TUPLES_OK);
   if (PQntuples(r) != 1)
     die("pg_stat_database has no row for this database");
   s->xact_commit = atoll(PQgetvalue(r, 0, 0));
@@ -720,7 +689,8 @@ static void read_stats(bench *b, PGconn *c, dbstats *s) {
   s->dequeues = atomic_load(&b->e->n_dequeues);
 }
 
-/* ---- setup ---------------------------------------------------------------------- */
+/* ---- setup
+ * ---------------------------------------------------------------------- */
 
 static void setup_engine(bench *b) {
   const options *o = &b->o;
@@ -735,8 +705,8 @@ static void setup_engine(bench *b) {
   sk_error err = {0};
   int rc = sk_engine_open(&eo, &b->e, &err);
   if (rc != SK_OK)
-    die("could not open the engine: %s", err.message[0] ? err.message
-                                                          : sk_strerror(rc));
+    die("could not open the engine: %s",
+        err.message[0] ? err.message : sk_strerror(rc));
   rc = sk_engine_register_task(b->e, TASK_TYPE, noop_task, b);
   if (rc != SK_OK)
     die("could not register the noop handler: %s", sk_strerror(rc));
@@ -763,7 +733,8 @@ static void setup_engine(bench *b) {
     die("could not start the engine: %s", sk_strerror(rc));
 }
 
-/* ---- report --------------------------------------------------------------------- */
+/* ---- report
+ * --------------------------------------------------------------------- */
 
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -824,10 +795,9 @@ static void report(const bench *b, const phase *ph, const dbstats *s0,
            o->wait == WAIT_SDK ? "sdk" : "monitor",
            o->wait == WAIT_SDK ? o->concurrency : o->starters, completed,
            ph->n_bad, secs, (double)ph->n / secs, steps / secs, p50, p99, mx,
-           mean, xacts, own_xacts, s1->xact_rollback - s0->xact_rollback,
-           cps, writes, (double)writes / steps, gc,
-           (double)gc / steps, gc ? (double)ops / (double)gc : 0.0, dq,
-           o->settle_ms);
+           mean, xacts, own_xacts, s1->xact_rollback - s0->xact_rollback, cps,
+           writes, (double)writes / steps, gc, (double)gc / steps,
+           gc ? (double)ops / (double)gc : 0.0, dq, o->settle_ms);
   } else {
     printf("bench_noop: %lld sagas x %d steps, %d in flight, %d workers, "
            "wait=%s\n",
@@ -859,6 +829,7 @@ static void report(const bench *b, const phase *ph, const dbstats *s0,
 int main(int argc, char **argv) {
   bench b;
   memset(&b, 0, sizeof(b));
+  bench_prog = "skald_bench";
   parse_args(argc, argv, &b.o);
   pthread_mutex_init(&b.mu, NULL);
   pthread_cond_init(&b.slot_cv, NULL);
