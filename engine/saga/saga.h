@@ -69,8 +69,9 @@ typedef enum saga_status {
   X(FAILED, "failed")             /* forward failed for good */                \
   X(COMPENSATING, "compensating") /* a compensation attempt queued/running */  \
   X(COMPENSATED, "compensated")   /* compensation succeeded */                 \
-  X(COMPENSATION_FAILED, "compensation_failed") /* exhausted: needs operator */ \
-  X(SKIPPED, "skipped")           /* never ran (saga ended before it) */
+  X(COMPENSATION_FAILED,                                                       \
+    "compensation_failed") /* exhausted: needs operator */                     \
+  X(SKIPPED, "skipped")    /* never ran (saga ended before it) */
 
 typedef enum step_status {
 #define STEP_STATUS_ENUM(name, str) STEP_STATUS_##name,
@@ -152,11 +153,11 @@ typedef enum saga_event_type {
 #define SAGA_EVENT_ENUM(name, str) SAGA_EV_##name,
   SAGA_EVENT_MAP(SAGA_EVENT_ENUM)
 #undef SAGA_EVENT_ENUM
-  SAGA_EV__COUNT
+      SAGA_EV__COUNT
 } saga_event_type;
 
 const char *saga_status_name(saga_status s);
-int saga_status_parse(const char *s, saga_status *out);   /* 0 / SK_EINVAL */
+int saga_status_parse(const char *s, saga_status *out); /* 0 / SK_EINVAL */
 const char *step_status_name(step_status s);
 int step_status_parse(const char *s, step_status *out);
 const char *saga_event_name(saga_event_type t);
@@ -166,11 +167,11 @@ bool saga_status_settled(saga_status s); /* not running/compensating */
 typedef struct saga_event {
   int64_t seq;
   saga_event_type type;
-  int step;          /* flat step index (see top), -1 if none */
-  int attempt;       /* 0 if none */
-  char *node;        /* node that produced it, or NULL */
-  char *payload;     /* JSON object text, never NULL once built */
-  int64_t ts_ms;     /* engine clock, ms since epoch */
+  int step;      /* flat step index (see top), -1 if none */
+  int attempt;   /* 0 if none */
+  char *node;    /* node that produced it, or NULL */
+  char *payload; /* JSON object text, never NULL once built */
+  int64_t ts_ms; /* engine clock, ms since epoch */
 } saga_event;
 
 void saga_event_clear(saga_event *ev);
@@ -180,23 +181,23 @@ void saga_event_clear(saga_event *ev);
 typedef struct saga_step_state {
   char *name;
   step_status status;
-  int parent;            /* flat index of the enclosing group, -1 if none */
-  int branch;            /* branch index in that group, -1 if none */
-  int attempts;          /* forward attempts scheduled so far */
-  int comp_attempts;     /* compensation attempts scheduled so far */
-  int fb_attempts;       /* fallback attempts scheduled so far (> 0: the
-                            step runs its fallback now / ran it) */
-  char *output;          /* JSON text of the forward output, or NULL */
-  char *error;           /* JSON of the last forward (or fallback) error */
-  char *comp_error;      /* JSON of the last compensation error, or NULL */
-  bool by_fallback;      /* completed by its fallback */
-  int64_t scheduled_ms;  /* first scheduling of the current phase */
-  int64_t finished_ms;   /* forward completion/failure */
-  int64_t finished_seq;  /* seq of the event that ended the forward run
-                            (StepCompleted / final StepFailed), 0 if none */
+  int parent;              /* flat index of the enclosing group, -1 if none */
+  int branch;              /* branch index in that group, -1 if none */
+  int attempts;            /* forward attempts scheduled so far */
+  int comp_attempts;       /* compensation attempts scheduled so far */
+  int fb_attempts;         /* fallback attempts scheduled so far (> 0: the
+                              step runs its fallback now / ran it) */
+  char *output;            /* JSON text of the forward output, or NULL */
+  char *error;             /* JSON of the last forward (or fallback) error */
+  char *comp_error;        /* JSON of the last compensation error, or NULL */
+  bool by_fallback;        /* completed by its fallback */
+  int64_t scheduled_ms;    /* first scheduling of the current phase */
+  int64_t finished_ms;     /* forward completion/failure */
+  int64_t finished_seq;    /* seq of the event that ended the forward run
+                              (StepCompleted / final StepFailed), 0 if none */
   int64_t available_at_ms; /* when the queued attempt may run */
-  char *input_override;  /* JSON input set by a resume replay (step_input)
-                            for this step's forward attempts, or NULL */
+  char *input_override;    /* JSON input set by a resume replay (step_input)
+                              for this step's forward attempts, or NULL */
 } saga_step_state;
 
 typedef enum saga_phase {
@@ -209,25 +210,25 @@ typedef struct saga_state {
   char id[37];
   char *workflow;
   int version;
-  char *idempotency_key;   /* or NULL */
+  char *idempotency_key; /* or NULL */
   saga_status status;
   saga_phase phase;
-  int cursor;              /* forward: the step last scheduled or failed
-                              (several may be in flight inside parallel
-                              groups); compensating: the step being
-                              compensated; done: -1 */
+  int cursor; /* forward: the step last scheduled or failed
+                 (several may be in flight inside parallel
+                 groups); compensating: the step being
+                 compensated; done: -1 */
   saga_step_state *steps;
   size_t n_steps;
-  char *input;             /* JSON text */
-  char *error;             /* JSON of the error that ended forward progress */
-  char *output;            /* JSON object of step outputs when completed */
+  char *input;  /* JSON text */
+  char *error;  /* JSON of the error that ended forward progress */
+  char *output; /* JSON object of step outputs when completed */
   int64_t created_ms;
   int64_t updated_ms;
-  int64_t deadline_ms;     /* 0 = none */
+  int64_t deadline_ms; /* 0 = none */
   int64_t last_seq;
   bool cancel_requested;
-  char *replay_of;         /* saga id or NULL */
-  char *replayed_by;       /* saga id or NULL */
+  char *replay_of;   /* saga id or NULL */
+  char *replayed_by; /* saga id or NULL */
 } saga_state;
 
 /* A zeroed state (last_seq 0) ready to evolve a SagaStarted event into. */
@@ -243,6 +244,9 @@ int saga_fold(const saga_event *events, size_t n, saga_state *out);
 /* The projection as canonical JSON (stable key order and formatting), the
  * form stored in sagas.state; equal states give byte-equal text. */
 int saga_state_to_json(const saga_state *st, char **out);
+/* The same with every key of every step present (the API's saga view):
+ * parsed by saga_state_from_json to the same state. */
+int saga_state_to_json_full(const saga_state *st, char **out);
 int saga_state_from_json(const char *json, saga_state *out);
 /* Deep copy of src into dst (dst is overwritten, not cleared first).
  * SK_ENOMEM leaves dst cleared. */
@@ -263,13 +267,13 @@ typedef struct saga_task {
   int step;
   task_kind kind;
   int attempt;
-  def_kind action;         /* TASK, SLEEP or HTTP (never PARALLEL: a group
-                              has no task of its own) */
-  char *task_type;         /* handler type for TASK, "" otherwise */
-  char *input;             /* rendered JSON input */
+  def_kind action; /* TASK, SLEEP or HTTP (never PARALLEL: a group
+                      has no task of its own) */
+  char *task_type; /* handler type for TASK, "" otherwise */
+  char *input;     /* rendered JSON input */
   char *bulkhead;
   int64_t available_at_ms;
-  int64_t timeout_ms;      /* per-attempt, already capped by the saga deadline */
+  int64_t timeout_ms; /* per-attempt, already capped by the saga deadline */
   int gpus;
   int64_t gpu_memory_mb;
 } saga_task;
@@ -279,7 +283,7 @@ void saga_task_clear(saga_task *t);
 typedef struct saga_decision {
   saga_event *events;
   size_t n_events;
-  saga_task *tasks;        /* to insert */
+  saga_task *tasks; /* to insert */
   size_t n_tasks;
   /* The queued forward tasks (kind fwd) of these steps must be told to
    * stop: set tasks.cancel_requested and, if not leased, make them due now
@@ -301,11 +305,11 @@ typedef struct saga_result {
   task_kind kind;
   int attempt;
   bool ok;
-  const char *output;      /* JSON text or NULL (null) when ok */
-  const char *err_type;    /* when !ok; "Timeout", "Cancelled", ... */
+  const char *output;   /* JSON text or NULL (null) when ok */
+  const char *err_type; /* when !ok; "Timeout", "Cancelled", ... */
   const char *err_message;
   bool err_retryable;
-  const char *node;        /* for the event */
+  const char *node; /* for the event */
 } saga_result;
 
 /* Deterministic PRNG state for jitter (xorshift64*). Seed non-zero. */
@@ -344,8 +348,8 @@ int saga_decide_cancel(const def_workflow *wf, const saga_state *st,
                        saga_rng *rng, saga_decision *out);
 
 typedef struct saga_replay {
-  const char *from_step;   /* paused: resume at this step (NULL = failed one) */
-  const char *step_input;  /* paused: input override for that step's task */
+  const char *from_step;  /* paused: resume at this step (NULL = failed one) */
+  const char *step_input; /* paused: input override for that step's task */
 } saga_replay;
 
 /* Replay in place: `failed` → reschedule the stuck compensation (attempts
@@ -356,8 +360,8 @@ typedef struct saga_replay {
  * statuses → SK_ESTATE (compensated/cancelled sagas are replayed as a new
  * run by the caller, linked with saga_decide_link). */
 int saga_decide_replay(const def_workflow *wf, const saga_state *st,
-                       const saga_replay *req, const char *node,
-                       int64_t now_ms, saga_rng *rng, saga_decision *out);
+                       const saga_replay *req, const char *node, int64_t now_ms,
+                       saga_rng *rng, saga_decision *out);
 
 /* The circuit breaker of `step`'s forward task is open. For a step whose
  * forward attempt is queued and not leased (the caller knows that; here:
@@ -375,8 +379,8 @@ int saga_decide_breaker_open(const def_workflow *wf, const saga_state *st,
                              saga_rng *rng, saga_decision *out);
 
 /* A ReplayLinked event on an old saga replayed as new run `new_id`. */
-int saga_decide_link(const saga_state *st, const char *new_id,
-                     const char *node, int64_t now_ms, saga_decision *out);
+int saga_decide_link(const saga_state *st, const char *new_id, const char *node,
+                     int64_t now_ms, saga_decision *out);
 
 /* Applies every event of d to st (numbering must already match). */
 int saga_apply(saga_state *st, const saga_decision *d);

@@ -1,9 +1,13 @@
 /*
  * state_json.c — the canonical JSON form of a saga's state (sagas.state).
  *
- * Canonical means: compact, keys always in the order written below, every
- * key always present, JSON-valued fields (input, output, errors) embedded as
- * JSON values rather than strings, NULL pointers written as null. Equal
+ * Canonical means: compact, keys always in the order written below, a
+ * step's keys present only when they differ from the defaults the reader
+ * assumes (parent and branch -1, numbers 0, JSON values null, false; the
+ * stored form is written on every step, so it is kept small), every
+ * top-level key always present, JSON-valued fields (input, output, errors)
+ * embedded as JSON values rather than strings, NULL pointers written as
+ * null. saga_state_to_json_full writes every step key (the API's view). Equal
  * states give byte-equal text, and from_json(to_json(st)) gives st back
  * exactly (the JSON texts held in a state are compact cJSON text, as evolve
  * stores them, so re-printing them is the identity).
@@ -72,29 +76,45 @@ static void put_bool(buf *b, const char *key, bool v) {
   buf_puts(b, v ? "true" : "false");
 }
 
-static void put_step(buf *b, const saga_step_state *s) {
+/* A step's key is written when its value is not the default the reader
+ * assumes (see rd_step), or always in the full form. */
+static void put_step(buf *b, const saga_step_state *s, bool full) {
   buf_putc(b, '{');
   put_key(b, "name", true);
   buf_json_str(b, s->name != NULL ? s->name : "");
   put_str(b, "status", step_status_name(s->status));
-  put_i64(b, "parent", s->parent);
-  put_i64(b, "branch", s->branch);
-  put_i64(b, "attempts", s->attempts);
-  put_i64(b, "comp_attempts", s->comp_attempts);
-  put_i64(b, "fb_attempts", s->fb_attempts);
-  put_raw(b, "output", s->output);
-  put_raw(b, "error", s->error);
-  put_raw(b, "comp_error", s->comp_error);
-  put_raw(b, "input_override", s->input_override);
-  put_bool(b, "by_fallback", s->by_fallback);
-  put_i64(b, "scheduled_ms", s->scheduled_ms);
-  put_i64(b, "finished_ms", s->finished_ms);
-  put_i64(b, "finished_seq", s->finished_seq);
-  put_i64(b, "available_at_ms", s->available_at_ms);
+  if (full || s->parent != -1)
+    put_i64(b, "parent", s->parent);
+  if (full || s->branch != -1)
+    put_i64(b, "branch", s->branch);
+  if (full || s->attempts != 0)
+    put_i64(b, "attempts", s->attempts);
+  if (full || s->comp_attempts != 0)
+    put_i64(b, "comp_attempts", s->comp_attempts);
+  if (full || s->fb_attempts != 0)
+    put_i64(b, "fb_attempts", s->fb_attempts);
+  if (full || s->output != NULL)
+    put_raw(b, "output", s->output);
+  if (full || s->error != NULL)
+    put_raw(b, "error", s->error);
+  if (full || s->comp_error != NULL)
+    put_raw(b, "comp_error", s->comp_error);
+  if (full || s->input_override != NULL)
+    put_raw(b, "input_override", s->input_override);
+  if (full || s->by_fallback)
+    put_bool(b, "by_fallback", s->by_fallback);
+  if (full || s->scheduled_ms != 0)
+    put_i64(b, "scheduled_ms", s->scheduled_ms);
+  if (full || s->finished_ms != 0)
+    put_i64(b, "finished_ms", s->finished_ms);
+  if (full || s->finished_seq != 0)
+    put_i64(b, "finished_seq", s->finished_seq);
+  if (full || s->available_at_ms != 0)
+    put_i64(b, "available_at_ms", s->available_at_ms);
   buf_putc(b, '}');
 }
 
-int saga_state_to_json(const saga_state *st, char **out) {
+static int state_to_json(const saga_state *st, bool full, char **out) {
   if (st == NULL || out == NULL)
     return SK_EINVAL;
   buf b = BUF_INIT;
@@ -123,7 +143,7 @@ int saga_state_to_json(const saga_state *st, char **out) {
   for (size_t i = 0; i < st->n_steps; i++) {
     if (i > 0)
       buf_putc(&b, ',');
-    put_step(&b, &st->steps[i]);
+    put_step(&b, &st->steps[i], full);
   }
   buf_puts(&b, "]}");
   if (!buf_ok(&b)) {
@@ -132,6 +152,14 @@ int saga_state_to_json(const saga_state *st, char **out) {
   }
   *out = buf_steal(&b);
   return *out != NULL ? SK_OK : SK_ENOMEM;
+}
+
+int saga_state_to_json(const saga_state *st, char **out) {
+  return state_to_json(st, false, out);
+}
+
+int saga_state_to_json_full(const saga_state *st, char **out) {
+  return state_to_json(st, true, out);
 }
 
 /* ---- reading

@@ -202,6 +202,42 @@ int db_exec(PGconn *conn, const char *sql, sk_error *err) {
 void pgarr_init(pgarr *a) {
   buf_init(&a->b);
   a->n = 0;
+  a->bin = false;
+  a->has_null = false;
+}
+
+void pgarr_init_text_bin(pgarr *a) {
+  pgarr_init(a);
+  a->bin = true;
+}
+
+/* Binary array header: ndim, flags (has nulls), element type, then per
+ * dimension its size and lower bound; all int32, network order. */
+#define BIN_HEADER 20
+#define TEXT_OID 25
+
+static void put_be32(char *p, uint32_t v) {
+  p[0] = (char)(v >> 24);
+  p[1] = (char)(v >> 16);
+  p[2] = (char)(v >> 8);
+  p[3] = (char)v;
+}
+
+static void bin_add(pgarr *a, const char *s) {
+  if (a->n == 0) {
+    a->b.len = 0; /* drop an empty array's header from an earlier get */
+    char zero[BIN_HEADER] = {0};
+    buf_append(&a->b, zero, sizeof(zero)); /* filled in by pgarr_get */
+  }
+  char len[4];
+  size_t n = s != NULL ? strlen(s) : 0;
+  put_be32(len, s != NULL ? (uint32_t)n : 0xffffffffu); /* -1: NULL */
+  buf_append(&a->b, len, 4);
+  if (s != NULL)
+    buf_append(&a->b, s, n);
+  else
+    a->has_null = true;
+  a->n++;
 }
 
 void pgarr_free(pgarr *a) {
@@ -213,6 +249,7 @@ void pgarr_reset(pgarr *a) {
   buf_reset(&a->b);
   a->b.oom = false; /* the memory kept is valid: a reset array may retry */
   a->n = 0;
+  a->has_null = false;
 }
 
 /* Reopens the literal (drops a closing brace from pgarr_get) and adds the
@@ -231,6 +268,10 @@ static void open_element(pgarr *a) {
 }
 
 void pgarr_add_str(pgarr *a, const char *s) {
+  if (a->bin) {
+    bin_add(a, s);
+    return;
+  }
   open_element(a);
   if (s == NULL) {
     buf_puts(&a->b, "NULL");
@@ -262,9 +303,28 @@ void pgarr_add_bool(pgarr *a, bool v) {
 
 const char *pgarr_get(pgarr *a) {
   buf *b = &a->b;
+  if (a->bin) {
+    if (a->n == 0) { /* the empty array: no dimensions */
+      char h[12] = {0};
+      put_be32(h + 8, TEXT_OID);
+      b->len = 0;
+      buf_append(b, h, sizeof(h));
+      return buf_ok(b) ? b->data : NULL;
+    }
+    if (!buf_ok(b) || b->len < BIN_HEADER)
+      return NULL;
+    put_be32(b->data, 1);
+    put_be32(b->data + 4, a->has_null ? 1 : 0);
+    put_be32(b->data + 8, TEXT_OID);
+    put_be32(b->data + 12, (uint32_t)a->n);
+    put_be32(b->data + 16, 1);
+    return b->data;
+  }
   if (b->len == 0)
     buf_putc(b, '{');
   if (buf_ok(b) && b->data[b->len - 1] != '}')
     buf_putc(b, '}');
   return buf_ok(b) ? b->data : NULL;
 }
+
+int pgarr_len(const pgarr *a) { return (int)a->b.len; }

@@ -38,13 +38,22 @@ bool db_sqlstate_transient(const char *sqlstate);
 int db_exec(PGconn *conn, const char *sql, sk_error *err);
 
 /* A PostgreSQL array literal in text format ("{...}") for $n::type[]
- * parameters, built element by element. */
+ * parameters, built element by element.
+ *
+ * A binary text[] (pgarr_init_text_bin) is PostgreSQL's binary array
+ * format instead: each element is a length and the bytes as they are, so
+ * neither side escapes or scans JSON for quotes (array_in was the top
+ * database symbol of a busy engine, parsing the projections). Only
+ * pgarr_add_str applies to it; send it with pgarr_len and format 1. */
 typedef struct pgarr {
   buf b;
   size_t n;
+  bool bin;      /* binary text[] */
+  bool has_null; /* binary: a NULL element was added */
 } pgarr;
 
 void pgarr_init(pgarr *a);
+void pgarr_init_text_bin(pgarr *a);
 void pgarr_free(pgarr *a);
 void pgarr_reset(pgarr *a);
 /* NULL s adds a NULL element. */
@@ -53,5 +62,7 @@ void pgarr_add_i64(pgarr *a, int64_t v);
 void pgarr_add_bool(pgarr *a, bool v);
 /* The literal; valid until the next change. NULL on OOM. */
 const char *pgarr_get(pgarr *a);
+/* Bytes of the value pgarr_get returned (binary arrays hold NULs). */
+int pgarr_len(const pgarr *a);
 
 #endif /* SKALD_STORE_DB_H */

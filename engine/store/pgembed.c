@@ -445,10 +445,17 @@ static int pg_ctl_start(const pgembed *h) {
     else
       buf_putc(&o, *p);
   }
+  /* Durability stays at the defaults (fsync, synchronous_commit, full
+   * page writes); these only spare a write-heavy log needless work:
+   *   autovacuum_naptime  the ready queue churns a row per step: look often
+   *   max_wal_size, checkpoint_timeout  a busy engine writes ~3 kB of WAL
+   *     per step; with the defaults a checkpoint came every ~10 s, each
+   *     followed by full-page images of every page touched again
+   *   shared_buffers      backends were evicting dirty pages themselves */
   buf_puts(&o, "' -c unix_socket_permissions=0777 -p " PG_PORT
-               " -c max_connections=200 -c shared_buffers=128MB"
-               /* the ready queue churns a row per step: look at it often */
-               " -c autovacuum_naptime=10");
+               " -c max_connections=200 -c shared_buffers=256MB"
+               " -c autovacuum_naptime=10 -c max_wal_size=4GB"
+               " -c checkpoint_timeout=15min");
   int st = -1;
   if (buf_ok(&o)) {
     const char *const argv[] = {prog, "-D", h->pg, "-l",   h->log,  "-w",

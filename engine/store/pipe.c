@@ -87,17 +87,35 @@ int db_pipe_open(db_pipe *p, PGconn *c, sk_error *err) {
   return SK_OK;
 }
 
-void db_pipe_send(db_pipe *p, const char *sql, int n_params,
-                  const char *const *params, const char *what,
-                  db_pipe_reader read, void *ctx) {
+/* The three ways a statement is queued. */
+typedef enum send_kind { SEND_UNNAMED, SEND_PREPARE, SEND_PREPARED } send_kind;
+
+/* Queues one message and records whose result will come back for it. */
+static void queue(db_pipe *p, send_kind k, const db_stmt *s, const char *sql,
+                  int n_params, const char *const *params, const int *lengths,
+                  const int *formats, const char *what, db_pipe_reader read,
+                  void *ctx) {
   if (p->rc != SK_OK)
     return;
   if (p->n == DB_PIPE_MAX) {
     p->rc = sk_error_set(p->err, SK_EINTERNAL, "pipeline too long");
     return;
   }
-  if (PQsendQueryParams(p->c, sql, n_params, NULL, params, NULL, NULL, 0) !=
-      1) {
+  int ok = 0;
+  switch (k) {
+  case SEND_UNNAMED:
+    ok = PQsendQueryParams(p->c, sql, n_params, NULL, params, lengths, formats,
+                           0);
+    break;
+  case SEND_PREPARE:
+    ok = PQsendPrepare(p->c, s->name, s->sql, s->n_params, NULL);
+    break;
+  case SEND_PREPARED:
+    ok = PQsendQueryPrepared(p->c, s->name, s->n_params, params, lengths,
+                             formats, 0);
+    break;
+  }
+  if (ok != 1) {
     p->rc = db_fail(p->c, NULL, what, p->err);
     return;
   }
@@ -107,53 +125,47 @@ void db_pipe_send(db_pipe *p, const char *sql, int n_params,
   p->n++;
 }
 
+void db_pipe_send(db_pipe *p, const char *sql, int n_params,
+                  const char *const *params, const char *what,
+                  db_pipe_reader read, void *ctx) {
+  queue(p, SEND_UNNAMED, NULL, sql, n_params, params, NULL, NULL, what, read,
+        ctx);
+}
+
 void db_pipe_send_stmt(db_pipe *p, const db_stmt *s, const char *const *params,
                        const char *what, db_pipe_reader read, void *ctx) {
+  db_pipe_send_stmt_fmt(p, s, params, NULL, NULL, what, read, ctx);
+}
+
+void db_pipe_send_stmt_fmt(db_pipe *p, const db_stmt *s,
+                           const char *const *params, const int *lengths,
+                           const int *formats, const char *what,
+                           db_pipe_reader read, void *ctx) {
   if (p->rc != SK_OK)
     return;
   stmt_set *set = stmts_of(p->c);
   bool prepared = false;
   for (int i = 0; set != NULL && i < set->n && !prepared; i++)
     prepared = set->done[i] == s;
-  if (!prepared) {
-    for (int i = 0; i < p->n_prep; i++)
-      if (p->prep[i].s == s) /* queued earlier in this pipe */
-        prepared = true;
-  }
+  for (int i = 0; i < p->n_prep && !prepared; i++)
+    prepared = p->prep[i].s == s; /* queued earlier in this pipe */
   if (!prepared && (set == NULL || p->n_prep == DB_PIPE_MAX)) {
-    db_pipe_send(p, s->sql, s->n_params, params, what, read, ctx);
-    return; /* cannot remember it: run it unnamed */
+    /* Cannot remember it: run it unnamed. */
+    queue(p, SEND_UNNAMED, NULL, s->sql, s->n_params, params, lengths, formats,
+          what, read, ctx);
+    return;
   }
   if (!prepared) {
-    if (p->n == DB_PIPE_MAX) {
-      p->rc = sk_error_set(p->err, SK_EINTERNAL, "pipeline too long");
+    queue(p, SEND_PREPARE, s, NULL, 0, NULL, NULL, NULL, what, read_prepared,
+          p);
+    if (p->rc != SK_OK)
       return;
-    }
-    if (PQsendPrepare(p->c, s->name, s->sql, s->n_params, NULL) != 1) {
-      p->rc = db_fail(p->c, NULL, what, p->err);
-      return;
-    }
     p->prep[p->n_prep].set = set;
     p->prep[p->n_prep].s = s;
     p->n_prep++;
-    p->st[p->n].what = what;
-    p->st[p->n].read = read_prepared;
-    p->st[p->n].ctx = p;
-    p->n++;
   }
-  if (p->n == DB_PIPE_MAX) {
-    p->rc = sk_error_set(p->err, SK_EINTERNAL, "pipeline too long");
-    return;
-  }
-  if (PQsendQueryPrepared(p->c, s->name, s->n_params, params, NULL, NULL, 0) !=
-      1) {
-    p->rc = db_fail(p->c, NULL, what, p->err);
-    return;
-  }
-  p->st[p->n].what = what;
-  p->st[p->n].read = read;
-  p->st[p->n].ctx = ctx;
-  p->n++;
+  queue(p, SEND_PREPARED, s, NULL, 0, params, lengths, formats, what, read,
+        ctx);
 }
 
 /* Reads up to and including the Sync's result. False if the connection

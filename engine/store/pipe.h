@@ -76,6 +76,13 @@ void db_pipe_send(db_pipe *p, const char *sql, int n_params,
 void db_pipe_send_stmt(db_pipe *p, const db_stmt *s, const char *const *params,
                        const char *what, db_pipe_reader read, void *ctx);
 
+/* The same with per-parameter lengths and formats (1: binary), as
+ * PQsendQueryPrepared takes them; NULL for all-text. */
+void db_pipe_send_stmt_fmt(db_pipe *p, const db_stmt *s,
+                           const char *const *params, const int *lengths,
+                           const int *formats, const char *what,
+                           db_pipe_reader read, void *ctx);
+
 /* Sends the Sync, reads every queued statement's result in order, leaves
  * pipeline mode. Returns SK_OK or the first failure's code. */
 int db_pipe_run(db_pipe *p);

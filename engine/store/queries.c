@@ -215,18 +215,36 @@ static int verify_one(PGconn *c, const char *id, bool *equal, sk_error *err) {
       sk_error_set(err, rc, "events of saga %s do not fold", id);
   }
   if (rc == SK_OK)
-    rc = saga_state_to_json(&st, &json);
+    rc = saga_state_to_json_full(&st, &json);
   if (rc == SK_OK) {
-    const char *p[2] = {id, json};
-    PGresult *r =
-        query(c,
-              "SELECT coalesce((SELECT state::jsonb = $2::jsonb FROM sagas "
-              "WHERE id = $1), false)",
-              2, p, "could not compare projection", &rc, err);
+    /* Both sides in the full form, compared as JSON values: a row written
+     * by an older version (every key present) or in the stored form, and
+     * the fold, whose embedded outputs come back from jsonb payloads with
+     * their keys in jsonb's order, must mean the same state. */
+    const char *p[1] = {id};
+    PGresult *r = query(c, "SELECT state FROM sagas WHERE id = $1", 1, p,
+                        "could not read the projection", &rc, err);
+    char *stored_json = NULL;
     if (r != NULL) {
-      *equal = PQgetvalue(r, 0, 0)[0] == 't';
+      saga_state stored;
+      saga_state_init(&stored);
+      *equal = false;
+      if (PQntuples(r) == 1 &&
+          saga_state_from_json(PQgetvalue(r, 0, 0), &stored) == SK_OK)
+        rc = saga_state_to_json_full(&stored, &stored_json);
+      saga_state_clear(&stored);
       PQclear(r);
     }
+    if (rc == SK_OK && stored_json != NULL) {
+      const char *q[2] = {stored_json, json};
+      r = query(c, "SELECT $1::jsonb = $2::jsonb", 2, q,
+                "could not compare projection", &rc, err);
+      if (r != NULL) {
+        *equal = PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+      }
+    }
+    free(stored_json);
   }
   if (rc == SK_EINVAL || rc == SK_ESTATE || rc == SK_ECONFLICT ||
       rc == SK_EJSON) {
@@ -315,9 +333,12 @@ int queries_list_workflows(PGconn *c, char **json, sk_error *err) {
 
 int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err) {
   const char *p[1] = {id};
-  int rc = query_json(
+  /* The stored state is the compact form; the view shows every key, so
+   * the state is rebuilt here and the row's other fields appended. */
+  int rc;
+  PGresult *r = query(
       c,
-      "SELECT (s.state::jsonb || jsonb_build_object('created_at', "
+      "SELECT s.state, jsonb_build_object('created_at', "
       "s.created_at, "
       "  'updated_at', s.updated_at, 'tasks', coalesce((SELECT jsonb_agg("
       "  jsonb_build_object('step', t.step, 'step_name', t.step_name, "
@@ -341,10 +362,40 @@ int queries_saga_view(PGconn *c, const char *id, char **json, sk_error *err) {
       "    THEN format('gpus: no live node has %s healthy GPU(s) with %s MB "
       "      free each', t.gpus, t.gpu_memory_mb) END) "
       "  ORDER BY t.step, t.kind) FROM tasks t WHERE t.saga_id = s.id), "
-      "  '[]'::jsonb)))::text FROM sagas s WHERE s.id = $1",
-      1, p, "could not read saga", json, err);
-  if (rc == SK_ENOENT)
+      "  '[]'::jsonb))::text FROM sagas s WHERE s.id = $1",
+      1, p, "could not read saga", &rc, err);
+  if (r == NULL)
+    return rc;
+  if (PQntuples(r) == 0) {
+    PQclear(r);
     return sk_error_set(err, SK_ENOENT, "saga %s does not exist", id);
+  }
+  saga_state st;
+  saga_state_init(&st);
+  char *full = NULL;
+  rc = saga_state_from_json(PQgetvalue(r, 0, 0), &st);
+  if (rc == SK_OK)
+    rc = saga_state_to_json_full(&st, &full);
+  saga_state_clear(&st);
+  const char *extra = PQgetvalue(r, 0, 1); /* {"created_at":…} */
+  size_t nf = full != NULL ? strlen(full) : 0, ne = strlen(extra);
+  if (rc == SK_OK && nf >= 2 && ne > 2 && extra[0] == '{') {
+    /* {state…} + {extra…} -> {state…,extra…} */
+    *json = malloc(nf + ne + 1);
+    if (*json == NULL) {
+      rc = sk_error_set(err, SK_ENOMEM, NULL);
+    } else {
+      memcpy(*json, full, nf - 1);
+      (*json)[nf - 1] = ',';
+      memcpy(*json + nf, extra + 1, ne); /* with its NUL */
+    }
+  } else if (rc == SK_OK) {
+    rc = sk_error_set(err, SK_EINTERNAL, "saga %s: malformed view", id);
+  } else {
+    sk_error_set(err, rc, "saga %s: unreadable projection", id);
+  }
+  free(full);
+  PQclear(r);
   return rc;
 }
 

@@ -72,17 +72,22 @@ typedef struct attempt {
   X(ev_saga)                                                                   \
   X(ev_seq)                                                                    \
   X(ev_type)                                                                   \
-  X(ev_step) X(ev_attempt) X(ev_node) X(ev_payload) X(ev_ts) X(tk_saga)        \
-      X(tk_step) X(tk_kind) X(tk_attempt) X(tk_workflow) X(tk_step_name)       \
-          X(tk_action) X(tk_type) X(tk_bulkhead) X(tk_avail) X(tk_input)       \
-              X(tk_timeout) X(tk_gpus) X(tk_gpu_mem) X(tk_claim) X(cx_saga)    \
-                  X(cx_step) X(dl_saga) X(dl_step)
+  X(ev_step)                                                                   \
+  X(ev_attempt) X(ev_node) X(ev_payload) X(ev_ts) X(tk_saga) X(tk_step)        \
+      X(tk_kind) X(tk_attempt) X(tk_workflow) X(tk_step_name) X(tk_action)     \
+          X(tk_type) X(tk_bulkhead) X(tk_avail) X(tk_input) X(tk_timeout)      \
+              X(tk_gpus) X(tk_gpu_mem) X(tk_claim) X(cx_saga) X(cx_step)       \
+                  X(dl_saga) X(dl_step)
 
 static void writes_init(writes *w) {
   memset(w, 0, sizeof(*w));
 #define W_INIT(f) pgarr_init(&w->f);
   WRITES_ARRAYS(W_INIT)
 #undef W_INIT
+  /* The JSON-bearing arrays go in binary: no escaping of every quote on
+   * this side, no character-by-character array_in on the server's. */
+  pgarr_init_text_bin(&w->ev_payload);
+  pgarr_init_text_bin(&w->tk_input);
 }
 
 static void writes_free(writes *w) {
@@ -874,8 +879,11 @@ static void send_events(db_pipe *pp, writes *w) {
                       pgarr_get(&w->ev_type),    pgarr_get(&w->ev_step),
                       pgarr_get(&w->ev_attempt), pgarr_get(&w->ev_node),
                       pgarr_get(&w->ev_payload), pgarr_get(&w->ev_ts)};
-  db_pipe_send_stmt(pp, &sk_append_events, p, "could not append saga events",
-                    NULL, NULL);
+  int len[8] = {0}, fmt[8] = {0};
+  len[6] = pgarr_len(&w->ev_payload); /* binary text[]: see writes_init */
+  fmt[6] = 1;
+  db_pipe_send_stmt_fmt(pp, &sk_append_events, p, len, fmt,
+                        "could not append saga events", NULL, NULL);
 }
 
 static int send_projections(db_pipe *pp, attempt *a) {
@@ -887,6 +895,8 @@ static int send_projections(db_pipe *pp, attempt *a) {
   size_t nall = sizeof(all) / sizeof(all[0]);
   for (size_t i = 0; i < nall; i++)
     pgarr_init(all[i]);
+  pgarr_init_text_bin(&nstate); /* the states: binary, see writes_init */
+  pgarr_init_text_bin(&ustate);
   size_t n_new = 0, n_upd = 0;
   int rc = SK_OK;
   for (size_t i = 0; i < a->n_t && rc == SK_OK; i++) {
@@ -922,14 +932,20 @@ static int send_projections(db_pipe *pp, attempt *a) {
                         pgarr_get(&nver),     pgarr_get(&nstatus),
                         pgarr_get(&nseq),     pgarr_get(&nstate),
                         pgarr_get(&ncreated), pgarr_get(&nupdated)};
-    db_pipe_send_stmt(pp, &sk_insert_sagas, p, "could not insert sagas", NULL,
-                      NULL);
+    int len[8] = {0}, fmt[8] = {0};
+    len[5] = pgarr_len(&nstate);
+    fmt[5] = 1;
+    db_pipe_send_stmt_fmt(pp, &sk_insert_sagas, p, len, fmt,
+                          "could not insert sagas", NULL, NULL);
   }
   if (rc == SK_OK && n_upd > 0) {
     const char *p[5] = {pgarr_get(&uid), pgarr_get(&ustatus), pgarr_get(&useq),
                         pgarr_get(&ustate), pgarr_get(&uupdated)};
-    db_pipe_send_stmt(pp, &sk_update_sagas, p, "could not update sagas", NULL,
-                      NULL);
+    int len[5] = {0}, fmt[5] = {0};
+    len[3] = pgarr_len(&ustate);
+    fmt[3] = 1;
+    db_pipe_send_stmt_fmt(pp, &sk_update_sagas, p, len, fmt,
+                          "could not update sagas", NULL, NULL);
   }
   for (size_t i = 0; i < nall; i++)
     pgarr_free(all[i]);
@@ -1025,8 +1041,11 @@ static void send_tasks(db_pipe *pp, claims_ctx *cc, const store_env *env) {
                        pgarr_get(&w->tk_claim),
                        env->node,
                        node_ttl};
-  db_pipe_send_stmt(pp, &sk_enqueue_tasks, p, "could not enqueue tasks",
-                    read_claims, cc);
+  int len[17] = {0}, fmt[17] = {0};
+  len[10] = pgarr_len(&w->tk_input);
+  fmt[10] = 1;
+  db_pipe_send_stmt_fmt(pp, &sk_enqueue_tasks, p, len, fmt,
+                        "could not enqueue tasks", read_claims, cc);
 }
 
 static void send_cancels(db_pipe *pp, writes *w) {

@@ -4,6 +4,7 @@
  */
 #include <criterion/criterion.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,4 +58,47 @@ Test(buf, array_literal_quotes_every_string) {
   pgarr_add_i64(&a, -42);
   cr_assert_str_eq(pgarr_get(&a), "{\"x\",\"a\\\"b\\\\c\",NULL,\"\",-42}");
   pgarr_free(&a);
+}
+
+static uint32_t be32(const char *p) {
+  const unsigned char *u = (const unsigned char *)p;
+  return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 |
+         u[3];
+}
+
+/* PostgreSQL's binary array format (array_recv): ndim, has-nulls, element
+ * type, then size and lower bound per dimension, then length + bytes per
+ * element, -1 for NULL. */
+Test(buf, binary_text_array_layout) {
+  pgarr a;
+  pgarr_init_text_bin(&a);
+  pgarr_add_str(&a, "{\"k\":\"v\\\\\"}");
+  pgarr_add_str(&a, NULL);
+  pgarr_add_str(&a, "");
+  const char *d = pgarr_get(&a);
+  cr_assert_not_null(d);
+  cr_assert_eq(be32(d), 1);      /* ndim */
+  cr_assert_eq(be32(d + 4), 1);  /* has nulls */
+  cr_assert_eq(be32(d + 8), 25); /* text */
+  cr_assert_eq(be32(d + 12), 3); /* elements */
+  cr_assert_eq(be32(d + 16), 1); /* lower bound */
+  size_t n0 = strlen("{\"k\":\"v\\\\\"}");
+  cr_assert_eq(be32(d + 20), n0);
+  cr_assert(memcmp(d + 24, "{\"k\":\"v\\\\\"}", n0) == 0, "copied as is");
+  cr_assert_eq(be32(d + 24 + n0), 0xffffffffu); /* NULL */
+  cr_assert_eq(be32(d + 28 + n0), 0);           /* "" */
+  cr_assert_eq(pgarr_len(&a), (int)(32 + n0));
+  cr_assert_eq(pgarr_get(&a), d, "a second get changes nothing");
+  cr_assert_eq(pgarr_len(&a), (int)(32 + n0));
+  pgarr_free(&a);
+
+  pgarr e;
+  pgarr_init_text_bin(&e);
+  const char *z = pgarr_get(&e);
+  cr_assert_eq(pgarr_len(&e), 12, "the empty array has no dimensions");
+  cr_assert_eq(be32(z), 0);
+  cr_assert_eq(be32(z + 8), 25);
+  pgarr_get(&e);
+  cr_assert_eq(pgarr_len(&e), 12);
+  pgarr_free(&e);
 }
