@@ -149,7 +149,7 @@ if part recovery; then
   for i in $(seq 1 "$RUNS"); do
     rec_db=("${DB_ARGS[@]}")
     [ -n "$DATA" ] && rec_db=(--data-dir "$DATA/recovery")
-    cmd="$BUILD/skald_bench_recovery ${rec_db[*]} --sagas 10000 --workers 256 --json"
+    cmd="$BUILD/skald_bench_recovery ${rec_db[*]} --sagas 10000 --workers 256 --step-sleep-ms 1000 --json"
     echo "== recovery run $i: $cmd" >&2
     # shellcheck disable=SC2086
     line="$($cmd)" || { echo "run failed: $cmd" >&2; exit 1; }
