@@ -8,6 +8,7 @@
  */
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -273,4 +274,72 @@ Test(fencing, a_restarted_node_takes_back_its_own_leases, .init = setup,
   store_op_clear(&late);
   leased_task_clear(&old);
   leased_task_clear(&again);
+}
+
+/* The one-round-trip commit fences too: node A holds the saga's state in
+ * its cache (nothing moved the saga on, so the seq check passes) and
+ * reports a result for a lease that expired and that node B has taken
+ * since. The lease check must stop the commit before anything is written
+ * and the careful path must drop the result; B's task row stays. */
+Test(fencing, the_cached_commit_drops_a_result_of_a_lost_lease, .init = setup,
+     .fini = teardown, .timeout = 60) {
+  state_cache *cache = state_cache_new(16);
+  store_op start = {.type = STORE_OP_START, .wf = wf};
+  start.input = strdup("{}");
+  uuid_v7(start.saga_id);
+  cr_assert_eq(commit_cached(ca, &start, cache), SK_OK);
+  start.wf = NULL;
+  store_op_clear(&start);
+
+  leased_task ta = lease_one(ca, "node-a", 300);
+  struct timespec ts = {0, 450 * 1000000L};
+  nanosleep(&ts, NULL);
+  leased_task tb = lease_one(cb, "node-b", 60000);
+  cr_assert_neq(tb.lease.token, 0, "the expired lease was not re-leased");
+
+  long long events_before = count("SELECT count(*) FROM saga_events");
+  store_op late = {.type = STORE_OP_RESULT, .lease = ta.lease, .ok = true};
+  late.output = strdup("{}");
+  cr_assert_eq(commit_cached(ca, &late, cache), SK_ELEASE,
+               "the cached commit accepted a lost lease's result");
+  store_op_clear(&late);
+  cr_assert_eq(count("SELECT count(*) FROM saga_events"), events_before);
+  char sql[160];
+  snprintf(sql, sizeof(sql),
+           "SELECT count(*) FROM tasks WHERE lease_token = %lld",
+           (long long)tb.lease.token);
+  cr_assert_eq(count(sql), 1, "B's task row was taken by A's late result");
+
+  store_op good = {.type = STORE_OP_RESULT, .lease = tb.lease, .ok = true};
+  good.output = strdup("{}");
+  cr_assert_eq(commit_one(cb, &good), SK_OK);
+  store_op_clear(&good);
+  leased_task_clear(&ta);
+  leased_task_clear(&tb);
+  state_cache_free(cache);
+}
+
+/* A start whose idempotency key was used before, through the cached
+ * commit: the key check fails, the careful path returns the first saga. */
+Test(fencing, the_cached_commit_returns_the_first_saga_of_a_key, .init = setup,
+     .fini = teardown, .timeout = 60) {
+  state_cache *cache = state_cache_new(16);
+  store_op first = {.type = STORE_OP_START, .wf = wf};
+  first.input = strdup("{}");
+  first.idempotency_key = strdup("k-1");
+  uuid_v7(first.saga_id);
+  cr_assert_eq(commit_cached(ca, &first, cache), SK_OK);
+  cr_assert(!first.existed);
+  store_op again = {.type = STORE_OP_START, .wf = wf};
+  again.input = strdup("{}");
+  again.idempotency_key = strdup("k-1");
+  uuid_v7(again.saga_id);
+  cr_assert_eq(commit_cached(cb, &again, cache), SK_OK);
+  cr_assert(again.existed, "a used key started a second saga");
+  cr_assert_str_eq(again.saga_id, first.saga_id);
+  cr_assert_eq(count("SELECT count(*) FROM sagas"), 1);
+  first.wf = again.wf = NULL;
+  store_op_clear(&first);
+  store_op_clear(&again);
+  state_cache_free(cache);
 }
