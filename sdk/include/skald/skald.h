@@ -125,7 +125,10 @@ typedef struct sk_engine_options {
   const char *database_url;
   /* Where the embedded PostgreSQL lives. NULL → "./.skald". */
   const char *data_dir;
-  /* This node's name in the nodes table. NULL → "<hostname>-<pid>". */
+  /* This node's name in the nodes table. NULL → "<hostname>-<pid>". A
+   * process started under the name of a dead one takes that process's
+   * leases back at once (while a live process holds the name, nothing is
+   * taken), so give long-lived nodes a stable name. */
   const char *node_name;
   /* How long a leased task stays with this node without renewal; the node
    * renews leases of running tasks every lease_ttl_ms / 3. After a crash,
