@@ -37,7 +37,7 @@
 #define DEFAULT_DATA_DIR "./.skald"
 /* Sagas whose projection a node keeps in memory (statecache.h): a few kB
  * each; beyond it a commit reads them back. */
-#define ENGINE_STATE_CACHE_MAX 65536
+#define ENGINE_STATE_CACHE_MAX 16384
 #define GPU_EVENT_TIMEOUT_MS 200 /* bounds how long close waits for events */
 
 const char *sk_task_gpus(const sk_task *t) {
