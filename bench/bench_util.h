@@ -8,6 +8,8 @@
 #ifndef SKALD_BENCH_UTIL_H
 #define SKALD_BENCH_UTIL_H
 
+#include <skald/skald.h>
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -63,6 +65,45 @@ static inline const char *parse_str(const char *flag, const char *v) {
   if (v == NULL || v[0] == '\0')
     bad_arg("%s needs a non-empty value", flag);
   return v;
+}
+
+/* Opens an engine with eo, registers fn for task type `task`, registers
+ * `workflow` v1 as `steps` task steps s1..sK of that type and starts the
+ * engine; exits 1 with the reason on any failure. */
+static inline sk_engine *bench_open_engine(const sk_engine_options *eo,
+                                           const char *workflow,
+                                           const char *task, int steps,
+                                           sk_task_fn fn, void *ud) {
+  sk_engine *e = NULL;
+  sk_error err = {0};
+  int rc = sk_engine_open(eo, &e, &err);
+  if (rc != SK_OK)
+    die("could not open the engine: %s",
+        err.message[0] ? err.message : sk_strerror(rc));
+  rc = sk_engine_register_task(e, task, fn, ud);
+  if (rc != SK_OK)
+    die("could not register the %s handler: %s", task, sk_strerror(rc));
+  sk_workflow *wf = NULL;
+  rc = sk_workflow_new(workflow, 1, &wf);
+  for (int i = 1; i <= steps && rc == SK_OK; i++) {
+    char name[16];
+    snprintf(name, sizeof(name), "s%d", i);
+    rc = sk_workflow_add_step(wf, name, task);
+  }
+  if (rc == SK_OK)
+    rc = sk_engine_register_workflow(e, wf, &err);
+  sk_workflow_free(wf);
+  if (rc == SK_ECONFLICT)
+    die("this database already holds %s v1 with another number of steps; "
+        "use --steps as before or a fresh database",
+        workflow);
+  if (rc != SK_OK)
+    die("could not register the workflow: %s",
+        err.message[0] ? err.message : sk_strerror(rc));
+  rc = sk_engine_start(e);
+  if (rc != SK_OK)
+    die("could not start the engine: %s", sk_strerror(rc));
+  return e;
 }
 
 #endif /* SKALD_BENCH_UTIL_H */

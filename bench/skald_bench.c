@@ -702,35 +702,8 @@ static void setup_engine(bench *b) {
   eo.log_level = 1;
   if (o->poll_ms > 0)
     eo.poll_interval_ms = o->poll_ms;
-  sk_error err = {0};
-  int rc = sk_engine_open(&eo, &b->e, &err);
-  if (rc != SK_OK)
-    die("could not open the engine: %s",
-        err.message[0] ? err.message : sk_strerror(rc));
-  rc = sk_engine_register_task(b->e, TASK_TYPE, noop_task, b);
-  if (rc != SK_OK)
-    die("could not register the noop handler: %s", sk_strerror(rc));
-  sk_workflow *wf = NULL;
-  rc = sk_workflow_new(WORKFLOW, 1, &wf);
-  for (int i = 1; i <= o->steps && rc == SK_OK; i++) {
-    char name[16];
-    snprintf(name, sizeof(name), "s%d", i);
-    rc = sk_workflow_add_step(wf, name, TASK_TYPE);
-  }
   snprintf(b->last_step, sizeof(b->last_step), "s%d", o->steps);
-  if (rc == SK_OK)
-    rc = sk_engine_register_workflow(b->e, wf, &err);
-  sk_workflow_free(wf);
-  if (rc == SK_ECONFLICT)
-    die("this database already holds %s v1 with another number of steps; "
-        "use --steps as before or a fresh database",
-        WORKFLOW);
-  if (rc != SK_OK)
-    die("could not register the workflow: %s",
-        err.message[0] ? err.message : sk_strerror(rc));
-  rc = sk_engine_start(b->e);
-  if (rc != SK_OK)
-    die("could not start the engine: %s", sk_strerror(rc));
+  b->e = bench_open_engine(&eo, WORKFLOW, TASK_TYPE, o->steps, noop_task, b);
 }
 
 /* ---- report

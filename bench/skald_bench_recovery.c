@@ -253,34 +253,7 @@ static void child_open_engine(child *c) {
   eo.log_level = 1;
   if (o->lease_ttl_ms > 0)
     eo.lease_ttl_ms = o->lease_ttl_ms;
-  sk_error err = {0};
-  int rc = sk_engine_open(&eo, &c->e, &err);
-  if (rc != SK_OK)
-    die("could not open the engine: %s",
-        err.message[0] ? err.message : sk_strerror(rc));
-  rc = sk_engine_register_task(c->e, TASK_TYPE, noop_task, c);
-  if (rc != SK_OK)
-    die("could not register the noop handler: %s", sk_strerror(rc));
-  sk_workflow *wf = NULL;
-  rc = sk_workflow_new(WORKFLOW, 1, &wf);
-  for (int i = 1; i <= o->steps && rc == SK_OK; i++) {
-    char name[16];
-    snprintf(name, sizeof(name), "s%d", i);
-    rc = sk_workflow_add_step(wf, name, TASK_TYPE);
-  }
-  if (rc == SK_OK)
-    rc = sk_engine_register_workflow(c->e, wf, &err);
-  sk_workflow_free(wf);
-  if (rc == SK_ECONFLICT)
-    die("this database already holds %s v1 with another number of steps; "
-        "use --steps as before or a fresh database",
-        WORKFLOW);
-  if (rc != SK_OK)
-    die("could not register the workflow: %s",
-        err.message[0] ? err.message : sk_strerror(rc));
-  rc = sk_engine_start(c->e);
-  if (rc != SK_OK)
-    die("could not start the engine: %s", sk_strerror(rc));
+  c->e = bench_open_engine(&eo, WORKFLOW, TASK_TYPE, o->steps, noop_task, c);
 }
 
 static void *starter_main(void *arg) {
