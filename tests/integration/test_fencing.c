@@ -76,6 +76,18 @@ static int commit_one(PGconn *c, store_op *op) {
   return commit_cached(c, op, NULL);
 }
 
+/* Starts a saga of fence_wf through node A's connection (with cache, or
+ * none) and writes its id to id. */
+static void start_saga(state_cache *cache, char id[37]) {
+  store_op start = {.type = STORE_OP_START, .wf = wf};
+  start.input = strdup("{}");
+  uuid_v7(start.saga_id);
+  cr_assert_eq(commit_cached(ca, &start, cache), SK_OK);
+  memcpy(id, start.saga_id, 37);
+  start.wf = NULL;
+  store_op_clear(&start);
+}
+
 static leased_task lease_one(PGconn *c, const char *node, int ttl) {
   const char *types[] = {"f.step"};
   dequeue_lane lane = {
@@ -98,14 +110,8 @@ static long long count(const char *sql) { return pgtest_scalar(db, sql); }
 
 Test(fencing, late_result_from_an_expired_lease_is_dropped, .init = setup,
      .fini = teardown, .timeout = 60) {
-  store_op start = {.type = STORE_OP_START, .wf = wf};
-  start.input = strdup("{}");
-  uuid_v7(start.saga_id);
-  cr_assert_eq(commit_one(ca, &start), SK_OK);
   char id[37];
-  memcpy(id, start.saga_id, sizeof(id));
-  start.wf = NULL;
-  store_op_clear(&start);
+  start_saga(NULL, id);
 
   leased_task ta = lease_one(ca, "node-a", 300);
   cr_assert_str_eq(ta.lease.saga_id, id);
@@ -151,12 +157,8 @@ Test(fencing, late_result_from_an_expired_lease_is_dropped, .init = setup,
 
 Test(fencing, released_lease_is_due_at_once_and_still_fenced, .init = setup,
      .fini = teardown, .timeout = 60) {
-  store_op start = {.type = STORE_OP_START, .wf = wf};
-  start.input = strdup("{}");
-  uuid_v7(start.saga_id);
-  cr_assert_eq(commit_one(ca, &start), SK_OK);
-  start.wf = NULL;
-  store_op_clear(&start);
+  char id[37];
+  start_saga(NULL, id);
 
   leased_task ta = lease_one(ca, "node-a", 60000);
   cr_assert_neq(ta.lease.token, 0);
@@ -180,14 +182,8 @@ Test(fencing, a_cached_projection_that_moved_on_is_read_again, .init = setup,
      .fini = teardown, .timeout = 60) {
   state_cache *cache = state_cache_new(16);
   cr_assert_not_null(cache);
-  store_op start = {.type = STORE_OP_START, .wf = wf};
-  start.input = strdup("{}");
-  uuid_v7(start.saga_id);
-  cr_assert_eq(commit_cached(ca, &start, cache), SK_OK);
   char id[37];
-  memcpy(id, start.saga_id, sizeof(id));
-  start.wf = NULL;
-  store_op_clear(&start);
+  start_saga(cache, id);
   cr_assert_eq(state_cache_size(cache), 1, "the new saga was not cached");
 
   leased_task t1 = lease_one(cb, "node-b", 60000);
@@ -225,12 +221,8 @@ Test(fencing, a_cached_projection_that_moved_on_is_read_again, .init = setup,
  * is taken. */
 Test(fencing, a_restarted_node_takes_back_its_own_leases, .init = setup,
      .fini = teardown, .timeout = 60) {
-  store_op start = {.type = STORE_OP_START, .wf = wf};
-  start.input = strdup("{}");
-  uuid_v7(start.saga_id);
-  cr_assert_eq(commit_one(ca, &start), SK_OK);
-  start.wf = NULL;
-  store_op_clear(&start);
+  char id[37];
+  start_saga(NULL, id);
 
   /* The first incarnation holds the name and a 10-minute lease. */
   PGconn *first = PQconnectdb(db);
@@ -284,12 +276,8 @@ Test(fencing, a_restarted_node_takes_back_its_own_leases, .init = setup,
 Test(fencing, the_cached_commit_drops_a_result_of_a_lost_lease, .init = setup,
      .fini = teardown, .timeout = 60) {
   state_cache *cache = state_cache_new(16);
-  store_op start = {.type = STORE_OP_START, .wf = wf};
-  start.input = strdup("{}");
-  uuid_v7(start.saga_id);
-  cr_assert_eq(commit_cached(ca, &start, cache), SK_OK);
-  start.wf = NULL;
-  store_op_clear(&start);
+  char id[37];
+  start_saga(cache, id);
 
   leased_task ta = lease_one(ca, "node-a", 300);
   struct timespec ts = {0, 450 * 1000000L};
