@@ -204,39 +204,49 @@ static int read_fence(const PGresult *r, void *ctx, sk_error *err) {
 }
 
 /* by_token is filled here and must outlive the pipe. */
-void commit_send_fence(db_pipe *p, store_batch *b, fence_ctx *f) {
-  pgarr s, st, k, tok;
-  pgarr_init(&s);
-  pgarr_init(&st);
-  pgarr_init(&k);
-  pgarr_init(&tok);
-  f->b = b;
-  f->n = 0;
+/* Queues stmt over the leases of the batch's results (saga, step, kind,
+ * token arrays); with f, also indexes the results by token and marks them
+ * stale until the statement's rows say otherwise. */
+static void send_leases(db_pipe *p, store_batch *b, const db_stmt *stmt,
+                        fence_ctx *f) {
+  pgarr a[4];
+  for (int i = 0; i < 4; i++)
+    pgarr_init(&a[i]);
+  size_t n = 0;
   for (size_t i = 0; i < b->n_ops; i++) {
     store_op *op = &b->ops[i];
     if (op->type != STORE_OP_RESULT)
       continue;
-    op->rc = SK_ELEASE; /* until the DELETE says otherwise */
-    pgarr_add_str(&s, op->lease.saga_id);
-    pgarr_add_i64(&st, op->lease.step);
-    pgarr_add_i64(&k, op->lease.kind);
-    pgarr_add_i64(&tok, op->lease.token);
-    f->by_token[f->n].token = op->lease.token;
-    f->by_token[f->n++].op = i;
+    pgarr_add_str(&a[0], op->lease.saga_id);
+    pgarr_add_i64(&a[1], op->lease.step);
+    pgarr_add_i64(&a[2], op->lease.kind);
+    pgarr_add_i64(&a[3], op->lease.token);
+    if (f != NULL) {
+      op->rc = SK_ELEASE; /* until the DELETE says otherwise */
+      f->by_token[n].token = op->lease.token;
+      f->by_token[n].op = i;
+    }
+    n++;
   }
-  if (f->n > 0) {
-    qsort(f->by_token, f->n, sizeof(token_ref), by_token_cmp);
-    const char *params[4] = {pgarr_get(&s), pgarr_get(&st), pgarr_get(&k),
-                             pgarr_get(&tok)};
+  if (f != NULL) {
+    f->b = b;
+    f->n = n;
+    qsort(f->by_token, n, sizeof(token_ref), by_token_cmp);
+  }
+  if (n > 0) {
+    const char *params[4] = {pgarr_get(&a[0]), pgarr_get(&a[1]),
+                             pgarr_get(&a[2]), pgarr_get(&a[3])};
     if (!params[0] || !params[1] || !params[2] || !params[3])
       p->rc = SK_ENOMEM;
-    db_pipe_send_stmt(p, &sk_fence_results, params,
-                      "could not fence task results", read_fence, f);
+    db_pipe_send_stmt(p, stmt, params, "could not fence task results",
+                      f != NULL ? read_fence : NULL, f);
   }
-  pgarr_free(&s);
-  pgarr_free(&st);
-  pgarr_free(&k);
-  pgarr_free(&tok);
+  for (int i = 0; i < 4; i++)
+    pgarr_free(&a[i]);
+}
+
+void commit_send_fence(db_pipe *p, store_batch *b, fence_ctx *f) {
+  send_leases(p, b, &sk_fence_results, f);
 }
 
 /* Step 3: idempotency keys of starts. A key seen before turns the start
@@ -392,34 +402,7 @@ void commit_send_expect_sagas(db_pipe *p, const attempt *a) {
 }
 
 void commit_send_expect_leases(db_pipe *p, store_batch *b) {
-  pgarr s, st, k, tok;
-  pgarr_init(&s);
-  pgarr_init(&st);
-  pgarr_init(&k);
-  pgarr_init(&tok);
-  size_t n = 0;
-  for (size_t i = 0; i < b->n_ops; i++) {
-    store_op *op = &b->ops[i];
-    if (op->type != STORE_OP_RESULT)
-      continue;
-    pgarr_add_str(&s, op->lease.saga_id);
-    pgarr_add_i64(&st, op->lease.step);
-    pgarr_add_i64(&k, op->lease.kind);
-    pgarr_add_i64(&tok, op->lease.token);
-    n++;
-  }
-  if (n > 0) {
-    const char *params[4] = {pgarr_get(&s), pgarr_get(&st), pgarr_get(&k),
-                             pgarr_get(&tok)};
-    if (!params[0] || !params[1] || !params[2] || !params[3])
-      p->rc = SK_ENOMEM;
-    db_pipe_send_stmt(p, &sk_expect_leases, params,
-                      "could not fence task results", NULL, NULL);
-  }
-  pgarr_free(&s);
-  pgarr_free(&st);
-  pgarr_free(&k);
-  pgarr_free(&tok);
+  send_leases(p, b, &sk_expect_leases, NULL);
 }
 
 void commit_send_expect_keys(db_pipe *p, const store_batch *b) {
