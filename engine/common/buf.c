@@ -124,11 +124,8 @@ void buf_json_str(buf *b, const char *s) {
     case '\t':
       buf_puts(b, "\\t");
       break;
-    default:
-      if (*p < 0x20)
-        buf_printf(b, "\\u%04x", *p);
-      else
-        buf_putc(b, (char)*p);
+    default: /* the other control characters: plain bytes were copied */
+      buf_printf(b, "\\u%04x", *p);
     }
   }
   buf_putc(b, '"');
