@@ -298,32 +298,43 @@ static int read_keys(const PGresult *r, void *ctx, sk_error *err) {
 }
 
 /* k->ops is allocated here (room for every op) and freed by the caller. */
-void commit_send_keys(db_pipe *p, store_batch *b, keys_ctx *k) {
+/* Queues stmt over the starts' keys (workflow, key, new saga id arrays);
+ * with k, also indexes those starts by saga id for read_keys (k->ops is
+ * allocated here). */
+static void send_key_claims(db_pipe *p, const store_batch *b,
+                            const db_stmt *stmt, keys_ctx *k) {
   pgarr wf, key, id;
   pgarr_init(&wf);
   pgarr_init(&key);
   pgarr_init(&id);
-  k->n = 0;
+  if (k != NULL)
+    k->n = 0;
   if (key_arrays(b, &wf, &key, &id, false) > 0) {
-    k->ops = calloc(b->n_ops, sizeof(*k->ops));
-    if (k->ops == NULL) {
-      p->rc = SK_ENOMEM;
-    } else {
-      for (size_t i = 0; i < b->n_ops; i++)
-        if (b->ops[i].type == STORE_OP_START &&
-            b->ops[i].idempotency_key != NULL)
-          k->ops[k->n++] = &b->ops[i];
-      qsort(k->ops, k->n, sizeof(*k->ops), by_saga_id_cmp);
+    if (k != NULL) {
+      k->ops = calloc(b->n_ops, sizeof(*k->ops));
+      if (k->ops == NULL) {
+        p->rc = SK_ENOMEM;
+      } else {
+        for (size_t i = 0; i < b->n_ops; i++)
+          if (b->ops[i].type == STORE_OP_START &&
+              b->ops[i].idempotency_key != NULL)
+            k->ops[k->n++] = &b->ops[i];
+        qsort(k->ops, k->n, sizeof(*k->ops), by_saga_id_cmp);
+      }
     }
     const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
     if (!params[0] || !params[1] || !params[2])
       p->rc = SK_ENOMEM;
-    db_pipe_send_stmt(p, &sk_insert_keys, params,
-                      "could not record idempotency keys", read_keys, k);
+    db_pipe_send_stmt(p, stmt, params, "could not record idempotency keys",
+                      k != NULL ? read_keys : NULL, k);
   }
   pgarr_free(&wf);
   pgarr_free(&key);
   pgarr_free(&id);
+}
+
+void commit_send_keys(db_pipe *p, store_batch *b, keys_ctx *k) {
+  send_key_claims(p, b, &sk_insert_keys, k);
 }
 
 int commit_lookup_keys(PGconn *c, store_batch *b, sk_error *err) {
@@ -406,18 +417,5 @@ void commit_send_expect_leases(db_pipe *p, store_batch *b) {
 }
 
 void commit_send_expect_keys(db_pipe *p, const store_batch *b) {
-  pgarr wf, key, id;
-  pgarr_init(&wf);
-  pgarr_init(&key);
-  pgarr_init(&id);
-  if (key_arrays(b, &wf, &key, &id, false) > 0) {
-    const char *params[3] = {pgarr_get(&wf), pgarr_get(&key), pgarr_get(&id)};
-    if (!params[0] || !params[1] || !params[2])
-      p->rc = SK_ENOMEM;
-    db_pipe_send_stmt(p, &sk_expect_keys, params,
-                      "could not record idempotency keys", NULL, NULL);
-  }
-  pgarr_free(&wf);
-  pgarr_free(&key);
-  pgarr_free(&id);
+  send_key_claims(p, b, &sk_expect_keys, NULL);
 }

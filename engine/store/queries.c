@@ -505,7 +505,7 @@ int queries_singleton_duties(PGconn *c, int64_t reap_after_ms,
   r = query(c,
             /* A saga finished before the cutoff was created before it, and
              * ids are UUIDv7 (creation time first): the id bound keeps the
-             * scan of sagas_by_status to the old ones, however big the
+             * index scan (sagas_pkey) to the old ones, however big the
              * table. */
             "WITH cut AS (SELECT now() - make_interval(days => $1::int) AS t), "
             "old AS (SELECT id FROM sagas, cut WHERE status IN ('completed', "

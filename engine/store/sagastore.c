@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/buf.h"
 #include "common/log.h"
 #include "store/commit_int.h"
 #include "store/statecache.h"
