@@ -18,7 +18,13 @@
  *     the last close callback, never before.
  *   - Errors the connection answers itself (400, 408, 413, 414, 431, 503,
  *     505) are queued like responses, end parsing and close the connection
- * after being written, with a lingering close so the client can read them.
+ *     after being written, with a lingering close so the client can read
+ *     them.
+ *   - The answer to a request does not depend on how its bytes were split
+ *     into reads: callbacks only count against the limits, and the request
+ *     is judged where the counts cannot depend on the split (http_tally.h),
+ *     with the parser's input cut at every HTTP_TALLY_STRIDE bytes of the
+ *     stream (stream_off counts what the parser consumed).
  *
  * Thread: the loop thread only.
  */
@@ -30,6 +36,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api/http_tally.h"
 #include "api/json_limits.h"
 #include "common/buf.h"
 #include "common/log.h"
@@ -63,7 +70,8 @@ struct http_conn {
   buf field, value, pending;
   bool in_value, parse_dead, reading, peer_eof, stop_requested;
   bool close_after_write;
-  size_t header_bytes;
+  http_tally tally; /* the current request's counts */
+  uint64_t stream_off;
   uint64_t req_start, idle_start, write_start, linger_start;
 };
 
@@ -209,7 +217,7 @@ static int on_message_begin(http_parser *p) {
     conn_fail(c, 503, "unavailable", "out of memory");
     return -1;
   }
-  c->header_bytes = 0;
+  http_tally_reset(&c->tally);
   c->in_value = false;
   buf_reset(&c->field);
   buf_reset(&c->value);
@@ -218,32 +226,32 @@ static int on_message_begin(http_parser *p) {
   return 0;
 }
 
-static int on_url(http_parser *p, const char *at, size_t len) {
-  http_conn *c = conn_of(p);
-  if (c->cur->url.len + len > c->srv->cfg.max_url) {
-    conn_fail(c, 414, "uri_too_long", "request URL is too long");
-    return -1;
-  }
-  buf_append(&c->cur->url, at, len);
-  return 0;
+/* Answers the current request's refusal if it is past a limit; called
+ * only at the judging points of http_tally.h. */
+static bool refuse_if_over(http_conn *c) {
+  http_refusal why;
+  if (c->cur == NULL || !http_tally_over(&c->tally, &c->srv->cfg, &why))
+    return false;
+  conn_fail(c, why.status, why.code, why.message);
+  return true;
 }
 
-/* Counts header bytes as they arrive, so a flood is refused early. */
-static int count_header_bytes(http_conn *c, size_t len) {
-  c->header_bytes += len;
-  if (c->header_bytes > c->srv->cfg.max_header_bytes) {
-    conn_fail(c, 431, "headers_too_large", "request headers are too large");
-    return -1;
-  }
+static int on_url(http_parser *p, const char *at, size_t len) {
+  http_conn *c = conn_of(p);
+  if (http_tally_url(&c->tally, &c->srv->cfg, len))
+    buf_append(&c->cur->url, at, len);
   return 0;
 }
 
 static int commit_header(http_conn *c) {
   http_request *req = c->cur;
   int max = c->srv->cfg.max_headers;
-  if (req->nheaders == max) {
-    conn_fail(c, 431, "headers_too_large", "too many request headers");
-    return -1;
+  if (!http_tally_header_line(&c->tally, &c->srv->cfg)) {
+    /* One too many: refused at the next judging point. */
+    buf_reset(&c->field);
+    buf_reset(&c->value);
+    c->in_value = false;
+    return 0;
   }
   if (req->headers == NULL)
     req->headers = http_request_alloc(req, (size_t)max * sizeof(http_header));
@@ -266,18 +274,16 @@ static int on_header_field(http_parser *p, const char *at, size_t len) {
   http_conn *c = conn_of(p);
   if (c->in_value && commit_header(c) != 0)
     return -1;
-  if (count_header_bytes(c, len) != 0)
-    return -1;
-  buf_append(&c->field, at, len);
+  if (http_tally_header_bytes(&c->tally, &c->srv->cfg, len))
+    buf_append(&c->field, at, len);
   return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   http_conn *c = conn_of(p);
   c->in_value = true;
-  if (count_header_bytes(c, len) != 0)
-    return -1;
-  buf_append(&c->value, at, len);
+  if (http_tally_header_bytes(&c->tally, &c->srv->cfg, len))
+    buf_append(&c->value, at, len);
   return 0;
 }
 
@@ -331,6 +337,8 @@ static int on_headers_complete(http_parser *p) {
   http_request *req = c->cur;
   if (c->in_value && commit_header(c) != 0)
     return -1;
+  if (refuse_if_over(c))
+    return -1;
   if (p->http_major != 1) {
     conn_fail(c, 505, "http_version_not_supported",
               "only HTTP/1.0 and HTTP/1.1 are supported");
@@ -354,10 +362,8 @@ static int on_headers_complete(http_parser *p) {
 
 static int on_body(http_parser *p, const char *at, size_t len) {
   http_conn *c = conn_of(p);
-  if (c->cur->body.len + len > c->srv->cfg.max_body) {
-    conn_fail(c, 413, "payload_too_large", "request body is too large");
-    return -1;
-  }
+  if (!http_tally_body(&c->tally, &c->srv->cfg, len))
+    return 0; /* refused at the next judging point */
   buf_append(&c->cur->body, at, len);
   if (!buf_ok(&c->cur->body)) {
     conn_fail(c, 503, "unavailable", "out of memory");
@@ -370,6 +376,8 @@ static void dispatch(http_conn *c, http_request *req);
 
 static int on_message_complete(http_parser *p) {
   http_conn *c = conn_of(p);
+  if (refuse_if_over(c))
+    return -1;
   http_request *req = c->cur;
   c->cur = NULL;
   enqueue(c, req);
@@ -396,31 +404,55 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
-static void feed(http_conn *c, const char *data, size_t len) {
-  size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
+/* Parses one piece, which ends at or before the next stride boundary;
+ * the bytes the parser consumed, or 0 when parsing of this read ends here
+ * (paused with the rest kept, failed, upgraded or closed). */
+static size_t feed_piece(http_conn *c, const char *data, size_t piece,
+                         size_t len) {
+  size_t n = http_parser_execute(&c->parser, &parser_settings, data, piece);
+  c->stream_off += n;
   if (c->state == CONN_STATE_CLOSING)
-    return;
+    return 0;
   enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
   if (e == HPE_PAUSED) {
     if (!c->parse_dead) { /* keep the rest for when the queue drains */
       buf_append(&c->pending, data + n, len - n);
       read_off(c);
-      if (!buf_ok(&c->pending)) {
+      if (!buf_ok(&c->pending))
         http_conn_close(c);
-        return;
-      }
     }
-  } else if (e != HPE_OK) {
+    return 0;
+  }
+  if (e != HPE_OK) {
     fail_parser(c, e);
-  } else if (c->parser.upgrade && c->cur == NULL) {
+    return 0;
+  }
+  if (c->parser.upgrade && c->cur == NULL) {
     /* No upgrades here: answer what was parsed, then close. http_parser
      * flags an upgrade once the headers are in, so wait until the request
      * (its body may come in later reads) is complete (found by fuzzing). */
     c->parse_dead = true;
     read_off(c);
     flush(c);
+    return 0;
   }
-  conn_timer_update(c);
+  /* Every open element was flushed at this boundary, so the counts are
+   * those of any other split of the stream. */
+  if (http_tally_checkpoint(c->stream_off) && refuse_if_over(c))
+    return 0;
+  return n;
+}
+
+static void feed(http_conn *c, const char *data, size_t len) {
+  while (len > 0) {
+    size_t n = feed_piece(c, data, http_tally_piece(c->stream_off, len), len);
+    if (n == 0)
+      break;
+    data += n;
+    len -= n;
+  }
+  if (c->state != CONN_STATE_CLOSING)
+    conn_timer_update(c);
 }
 
 /* Parses bytes kept while the pipeline was full. */

@@ -30,6 +30,12 @@
  *   503 unavailable         over max_conns (then closed)
  *   505 http_version_not_supported  anything but HTTP/1.0 and HTTP/1.1
  *
+ * The limits are judged where the answer cannot depend on how TCP split
+ * the request into reads (http_tally.h): at the end of the head, at the
+ * end of the message, and every 4 KiB of the stream, so a request past a
+ * limit is refused within 4 KiB of it, or at the end of its head (or
+ * body) if that comes first.
+ *
  * Errors that end the connection are followed by a lingering close (FIN,
  * then the rest of the request is drained for linger_ms) so the client
  * reads the response instead of a reset. Idle keep-alive connections are

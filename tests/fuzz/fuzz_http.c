@@ -3,10 +3,12 @@
  *
  * What runs: the bytes are a request stream (keep-alive, pipelining,
  * chunked bodies) fed to http_parser (the system libhttp-parser, the one
- * skald links) with callbacks that do what engine/api/http_conn.c's do —
- * the URL limit (max_url), the header byte and count limits
- * (max_header_bytes, max_headers), the HTTP/1.x check, the Content-Length
- * and body limit (max_body), splitting the URL into path and query,
+ * skald links) in pieces cut at the stride boundaries, as http_conn.c's
+ * feed() does, with callbacks that do what engine/api/http_conn.c's do —
+ * counting against the URL, header byte and count, and body limits with
+ * http_tally.c (the engine's own code) and judging the request at the same
+ * points, the HTTP/1.x check, the Content-Length limit, splitting the URL
+ * into path and query,
  * percent-decoding the path and refusing "."/".." segments and control
  * bytes, decoding the query (router_parse_query, HTTP_QUERY_MAX pairs),
  * routing against the daemon's route table (a copy of api_routes_*,
@@ -20,7 +22,8 @@
  * nothing of the response queue, timers or writes runs (those are covered
  * by tests/integration/test_http_server.c over real sockets). The engine
  * code exercised is router.c (router_url_decode, router_parse_query,
- * router_match_path, router_param_valid) and json_limits.c (json_check).
+ * router_match_path, router_param_valid), http_tally.c and json_limits.c
+ * (json_check).
  *
  * Invariants checked, besides no crash, leak or UB:
  *   - router_url_decode: the output is NUL-terminated, no longer than the
@@ -47,6 +50,7 @@
 #include <skald/skald.h>
 
 #include "api/http_server.h" /* HTTP_QUERY_MAX, http_request */
+#include "api/http_tally.h"
 #include "api/json_limits.h"
 #include "api/router.h"
 #include "common/buf.h"
@@ -110,19 +114,14 @@ static router *routes(void) {
   return r; /* kept for the life of the process */
 }
 
-typedef struct limits {
-  size_t max_body, max_header_bytes, max_url;
-  int max_headers;
-} limits;
-
 /* ---- one connection's parse state, as in http_conn.c ---------------------- */
 
 typedef struct conn {
   http_parser parser;
-  limits cfg;
+  http_server_config cfg; /* only the four limits are set */
   bool in_request, in_value, dead;
-  size_t header_bytes;
-  int nheaders;
+  http_tally tally;
+  uint64_t stream_off;
   buf url, field, value, body;
   buf log; /* the outcome, one line per request, compared across splits */
   char *path;
@@ -141,8 +140,7 @@ static int on_message_begin(http_parser *p) {
   conn *c = conn_of(p);
   c->in_request = true;
   c->in_value = false;
-  c->header_bytes = 0;
-  c->nheaders = 0;
+  http_tally_reset(&c->tally);
   buf_reset(&c->url);
   buf_reset(&c->field);
   buf_reset(&c->value);
@@ -152,45 +150,43 @@ static int on_message_begin(http_parser *p) {
   return 0;
 }
 
+/* http_conn.c's refuse_if_over, at the same judging points. */
+static bool refuse_if_over(conn *c) {
+  http_refusal why;
+  if (!c->in_request || !http_tally_over(&c->tally, &c->cfg, &why))
+    return false;
+  (void)fail(c, why.status);
+  return true;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len) {
   conn *c = conn_of(p);
-  if (c->url.len + len > c->cfg.max_url)
-    return fail(c, 414);
-  buf_append(&c->url, at, len);
+  if (http_tally_url(&c->tally, &c->cfg, len))
+    buf_append(&c->url, at, len);
   return 0;
 }
 
-static int count_header_bytes(conn *c, size_t len) {
-  c->header_bytes += len;
-  return c->header_bytes > c->cfg.max_header_bytes ? fail(c, 431) : 0;
-}
-
-static int commit_header(conn *c) {
-  if (c->nheaders == c->cfg.max_headers)
-    return fail(c, 431);
-  c->nheaders++;
+static void commit_header(conn *c) {
+  (void)http_tally_header_line(&c->tally, &c->cfg);
   buf_reset(&c->field);
   buf_reset(&c->value);
   c->in_value = false;
-  return 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
   conn *c = conn_of(p);
-  if (c->in_value && commit_header(c) != 0)
-    return -1;
-  if (count_header_bytes(c, len) != 0)
-    return -1;
-  buf_append(&c->field, at, len);
+  if (c->in_value)
+    commit_header(c);
+  if (http_tally_header_bytes(&c->tally, &c->cfg, len))
+    buf_append(&c->field, at, len);
   return 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
   conn *c = conn_of(p);
   c->in_value = true;
-  if (count_header_bytes(c, len) != 0)
-    return -1;
-  buf_append(&c->value, at, len);
+  if (http_tally_header_bytes(&c->tally, &c->cfg, len))
+    buf_append(&c->value, at, len);
   return 0;
 }
 
@@ -256,7 +252,9 @@ static int split_url(conn *c) {
 
 static int on_headers_complete(http_parser *p) {
   conn *c = conn_of(p);
-  if (c->in_value && commit_header(c) != 0)
+  if (c->in_value)
+    commit_header(c);
+  if (refuse_if_over(c))
     return -1;
   if (p->http_major != 1)
     return fail(c, 505);
@@ -269,9 +267,8 @@ static int on_headers_complete(http_parser *p) {
 
 static int on_body(http_parser *p, const char *at, size_t len) {
   conn *c = conn_of(p);
-  if (c->body.len + len > c->cfg.max_body)
-    return fail(c, 413);
-  buf_append(&c->body, at, len);
+  if (http_tally_body(&c->tally, &c->cfg, len))
+    buf_append(&c->body, at, len);
   return 0;
 }
 
@@ -319,6 +316,8 @@ static int check_body(const char *body, size_t len) {
 /* http_conn.c's dispatch (routing) and the API handler's json_check. */
 static int on_message_complete(http_parser *p) {
   conn *c = conn_of(p);
+  if (refuse_if_over(c))
+    return -1;
   c->in_request = false;
   size_t len = strlen(c->path) + 1;
   char *scratch = malloc(len);
@@ -381,25 +380,39 @@ static const http_parser_settings settings = {
     .on_message_complete = on_message_complete,
 };
 
-static void feed(conn *c, const char *data, size_t len) {
-  if (c->dead || len == 0)
-    return;
-  size_t n = http_parser_execute(&c->parser, &settings, data, len);
+/* http_conn.c's feed_piece: one piece, up to the next stride boundary;
+ * false when parsing ends here. */
+static bool feed_piece(conn *c, const char *data, size_t piece) {
+  size_t n = http_parser_execute(&c->parser, &settings, data, piece);
+  c->stream_off += n;
   enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
   if (c->dead)
-    return;
+    return false;
   if (e != HPE_OK) {
     (void)fail(c, e == HPE_HEADER_OVERFLOW ? 431 : 400);
-  } else if (c->parser.upgrade && !c->in_request) {
+    return false;
+  }
+  if (c->parser.upgrade && !c->in_request) {
     /* An upgrade is answered, then the connection closes (http_server.h).
      * http_parser sets .upgrade at the end of the headers, so this must wait
-     * for the message to complete. (http_conn.c's feed() tests .upgrade
-     * alone and so drops, unanswered, an Upgrade request whose body comes
-     * in a later read: regressions/http/upgrade_body_in_second_read.http.) */
+     * for the message to complete (an earlier http_conn.c tested .upgrade
+     * alone and so dropped, unanswered, an Upgrade request whose body came
+     * in a later read: regressions/http/upgrade_body_in_second_read.http). */
     c->dead = true;
-  } else {
-    FUZZ_CHECK(n == len, "parser stopped at %zu of %zu without an error", n,
-               len);
+    return false;
+  }
+  FUZZ_CHECK(n == piece, "parser stopped at %zu of %zu without an error", n,
+             piece);
+  return !(http_tally_checkpoint(c->stream_off) && refuse_if_over(c));
+}
+
+static void feed(conn *c, const char *data, size_t len) {
+  while (!c->dead && len > 0) {
+    size_t piece = http_tally_piece(c->stream_off, len);
+    if (!feed_piece(c, data, piece))
+      return;
+    data += piece;
+    len -= piece;
   }
 }
 
@@ -407,10 +420,10 @@ static void feed(conn *c, const char *data, size_t len) {
 static char *run(const char *data, size_t size, size_t split) {
   conn c;
   memset(&c, 0, sizeof(c));
-  c.cfg = (limits){.max_body = FUZZ_HTTP_MAX_BODY,
-                   .max_header_bytes = FUZZ_HTTP_MAX_HEADER_BYTES,
-                   .max_url = FUZZ_HTTP_MAX_URL,
-                   .max_headers = FUZZ_HTTP_MAX_HEADERS};
+  c.cfg.max_body = FUZZ_HTTP_MAX_BODY;
+  c.cfg.max_header_bytes = FUZZ_HTTP_MAX_HEADER_BYTES;
+  c.cfg.max_url = FUZZ_HTTP_MAX_URL;
+  c.cfg.max_headers = FUZZ_HTTP_MAX_HEADERS;
   buf_init(&c.url);
   buf_init(&c.field);
   buf_init(&c.value);
