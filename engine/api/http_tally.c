@@ -9,6 +9,7 @@
  */
 #include "api/http_tally.h"
 
+#include <limits.h>
 #include <string.h>
 
 void http_tally_reset(http_tally *t) { memset(t, 0, sizeof(*t)); }
@@ -30,7 +31,7 @@ bool http_tally_header_bytes(http_tally *t, const http_server_config *cfg,
 }
 
 bool http_tally_header_line(http_tally *t, const http_server_config *cfg) {
-  if (t->headers < INT32_MAX)
+  if (t->headers < INT_MAX)
     t->headers++;
   return t->headers <= cfg->max_headers;
 }
